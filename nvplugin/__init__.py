@@ -1,0 +1,3 @@
+"""nvplugin: a Kubernetes node agent that makes NVIDIA GPUs schedulable."""
+
+__version__ = "0.1.0"

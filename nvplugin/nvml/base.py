@@ -1,0 +1,75 @@
+"""The one NVML interface of the agent, implemented by the real (pynvml) and fake backends.
+
+Every method is blocking and may raise NvmlError: the async shell calls them in worker
+threads. Devices are addressed by NVML index. Errors are translated into the small set of
+exception types below so nothing above this layer imports pynvml.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class NvmlError(Exception):
+    """An NVML call failed. `call` names it, `code` is NVML's return code when known."""
+
+    def __init__(self, call: str, message: str, code: int | None = None) -> None:
+        super().__init__(f"{call}: {message}")
+        self.call = call
+        self.message = message
+        self.code = code
+
+
+class NvmlLibraryNotFound(NvmlError):
+    """libnvidia-ml.so could not be loaded: no driver, or the container cannot see it."""
+
+
+class NvmlNotSupported(NvmlError):
+    """The device or driver does not support this query."""
+
+
+class NvmlTimeout(NvmlError):
+    """An event wait ended without an event."""
+
+
+class NvmlGpuLost(NvmlError):
+    """The GPU has fallen off the bus or stopped answering."""
+
+
+# What the user must check when the library is missing; shared by every message about it.
+LIBRARY_HINT = (
+    "check that the NVIDIA driver is installed on the node (nvidia-smi works there), that the "
+    "NVIDIA container toolkit is installed, and that the container runtime used for this pod is "
+    "the nvidia runtime (the default runtime, or runtimeClassName: nvidia) so that "
+    "libnvidia-ml.so.1 is mounted into the container"
+)
+
+
+class Nvml(Protocol):
+    """The operations the agent needs from NVML."""
+
+    def init(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def driver_version(self) -> str: ...
+
+    # NVML's encoding: 1000 * major + 10 * minor.
+    def cuda_driver_version(self) -> int: ...
+
+    def device_count(self) -> int: ...
+
+    def device_uuid(self, index: int) -> str: ...
+
+    def device_name(self, index: int) -> str: ...
+
+    def device_minor_number(self, index: int) -> int: ...
+
+    def device_memory_total(self, index: int) -> int: ...
+
+    def device_compute_capability(self, index: int) -> tuple[int, int]: ...
+
+    def device_pci_bus_id(self, index: int) -> str: ...
+
+    # None when unknown (the kernel reports -1 in VMs).
+    def device_numa_node(self, index: int) -> int | None: ...

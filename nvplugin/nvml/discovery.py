@@ -1,0 +1,41 @@
+"""Discovery: read the inventory through an Nvml backend. Blocking: run it in a worker thread."""
+
+from __future__ import annotations
+
+import logging
+
+from nvplugin.core.inventory import Gpu, Inventory
+from nvplugin.nvml.base import Nvml, NvmlError
+
+log = logging.getLogger(__name__)
+
+
+def read_gpu(nvml: Nvml, index: int) -> Gpu:
+    return Gpu(
+        index=index,
+        uuid=nvml.device_uuid(index),
+        minor=nvml.device_minor_number(index),
+        name=nvml.device_name(index),
+        memory_bytes=nvml.device_memory_total(index),
+        compute_capability=nvml.device_compute_capability(index),
+        pci_bus_id=nvml.device_pci_bus_id(index),
+        numa_node=nvml.device_numa_node(index),
+    )
+
+
+def discover(nvml: Nvml) -> Inventory:
+    """Every GPU NVML can describe. A GPU that fails a query is left out and named in
+    `problems`: the others are still advertised. Errors before any device (driver version,
+    count) propagate: nothing can be served without them."""
+    driver = nvml.driver_version()
+    cuda = nvml.cuda_driver_version()
+    gpus: list[Gpu] = []
+    problems: list[str] = []
+    for index in range(nvml.device_count()):
+        try:
+            gpus.append(read_gpu(nvml, index))
+        except NvmlError as exc:
+            problems.append(f"GPU {index} left out: {exc}")
+    return Inventory(
+        gpus=tuple(gpus), driver_version=driver, cuda_driver_version=cuda, problems=tuple(problems)
+    )

@@ -1,0 +1,398 @@
+"""The fake NVML backend: described GPUs with injectable faults.
+
+A product feature, not only a test helper: `nvplugin run --fake-gpus 8` and `nvplugin
+simulate` run the real agent on it, and users can drive it in their own tests. The rest of the
+agent cannot tell it from the real backend: same interface, same exception types.
+
+A layout is a dict (from YAML or JSON):
+
+    driverVersion: "580.159.04"
+    cudaDriverVersion: 13000          # 1000 * major + 10 * minor
+    seed: node-a                      # makes UUIDs differ between simulated nodes
+    gpu:                              # template applied to every GPU
+      name: NVIDIA H100 80GB HBM3
+      memoryMiB: 81559
+      computeCapability: "9.0"
+    count: 8                          # or a list under `gpus`, each entry overriding the template
+    gpus:
+      - {numaNode: 0}
+      - {numaNode: 1, name: NVIDIA A100-SXM4-40GB, memoryMiB: 40960, computeCapability: "8.0"}
+    faults:
+      library: missing                # or init-error
+      devices:
+        "1": {device_uuid: gpu-lost}  # NVML call name -> error kind
+
+Error kinds: not-supported, gpu-lost, timeout, unknown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import uuid as uuidlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from nvplugin.nvml.base import (
+    LIBRARY_HINT,
+    NvmlError,
+    NvmlGpuLost,
+    NvmlLibraryNotFound,
+    NvmlNotSupported,
+    NvmlTimeout,
+)
+
+H100_NAME = "NVIDIA H100 80GB HBM3"
+H100_MEMORY_MIB = 81559
+DEFAULT_DRIVER = "580.159.04"
+DEFAULT_CUDA = 13000
+
+ERROR_KINDS: Mapping[str, type[NvmlError]] = {
+    "not-supported": NvmlNotSupported,
+    "gpu-lost": NvmlGpuLost,
+    "timeout": NvmlTimeout,
+    "unknown": NvmlError,
+}
+DEVICE_CALLS = (
+    "device_uuid",
+    "device_name",
+    "device_minor_number",
+    "device_memory_total",
+    "device_compute_capability",
+    "device_pci_bus_id",
+    "device_numa_node",
+)
+LIBRARY_FAULTS = ("missing", "init-error")
+
+
+class LayoutError(ValueError):
+    """A fake layout is malformed; the message names the file, the field and what was expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class FakeGpu:
+    name: str = H100_NAME
+    memory_mib: int = H100_MEMORY_MIB
+    compute_capability: tuple[int, int] = (9, 0)
+    numa_node: int | None = None
+    uuid: str = ""
+    pci_bus_id: str = ""
+    minor: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class FakeLayout:
+    gpus: tuple[FakeGpu, ...]
+    driver_version: str = DEFAULT_DRIVER
+    cuda_driver_version: int = DEFAULT_CUDA
+    library_fault: str | None = None
+    # device index -> NVML call name -> error kind
+    device_faults: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, count: int, seed: str = "nvplugin", **template: Any) -> FakeLayout:
+        """`count` identical GPUs (an H100 80GB by default)."""
+        return _complete(cls(gpus=tuple(FakeGpu(**template) for _ in range(count))), seed)
+
+
+def _uuid(seed: str, index: int) -> str:
+    digest = hashlib.sha256(f"{seed}/{index}".encode()).digest()
+    return f"GPU-{uuidlib.UUID(bytes=digest[:16], version=4)}"
+
+
+def _complete(layout: FakeLayout, seed: str) -> FakeLayout:
+    """Fill in the per-GPU facts a real node derives from hardware: UUID, bus id, minor."""
+    gpus = []
+    for i, gpu in enumerate(layout.gpus):
+        gpus.append(
+            replace(
+                gpu,
+                uuid=gpu.uuid or _uuid(seed, i),
+                pci_bus_id=gpu.pci_bus_id or f"00000000:{0x18 + 0x10 * i:02X}:00.0",
+                minor=gpu.minor if gpu.minor >= 0 else i,
+            )
+        )
+    return replace(layout, gpus=tuple(gpus))
+
+
+# --- parsing a described layout
+
+
+def _expect(cond: bool, where: str, what: str, got: object) -> None:
+    if not cond:
+        raise LayoutError(f"{where}: expected {what}, got {got!r}")
+
+
+def _check_keys(where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise LayoutError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(allowed)}"
+        )
+
+
+_GPU_KEYS = ("name", "memoryMiB", "computeCapability", "numaNode", "uuid", "pciBusId", "minor")
+
+
+def _parse_gpu(where: str, data: object, base: FakeGpu) -> FakeGpu:
+    _expect(isinstance(data, dict), where, "a mapping of GPU facts", data)
+    assert isinstance(data, dict)
+    _check_keys(where, data, _GPU_KEYS)
+    gpu = base
+    if "name" in data:
+        _expect(
+            isinstance(data["name"], str) and data["name"], f"{where}.name", "a product name", data["name"]
+        )
+        gpu = replace(gpu, name=data["name"])
+    if "memoryMiB" in data:
+        v = data["memoryMiB"]
+        _expect(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0,
+            f"{where}.memoryMiB",
+            "a positive integer",
+            v,
+        )
+        gpu = replace(gpu, memory_mib=v)
+    if "computeCapability" in data:
+        v = str(data["computeCapability"])
+        major, dot, minor = v.partition(".")
+        _expect(
+            dot == "." and major.isdigit() and minor.isdigit(),
+            f"{where}.computeCapability",
+            'a version such as "9.0"',
+            data["computeCapability"],
+        )
+        gpu = replace(gpu, compute_capability=(int(major), int(minor)))
+    if "numaNode" in data:
+        v = data["numaNode"]
+        _expect(
+            v is None or (isinstance(v, int) and not isinstance(v, bool)),
+            f"{where}.numaNode",
+            "an integer (negative or null: unknown)",
+            v,
+        )
+        gpu = replace(gpu, numa_node=v if v is not None and v >= 0 else None)
+    if "uuid" in data:
+        v = data["uuid"]
+        _expect(
+            isinstance(v, str) and v.startswith("GPU-") and len(v) <= 63,
+            f"{where}.uuid",
+            "a UUID starting with GPU- of at most 63 characters",
+            v,
+        )
+        gpu = replace(gpu, uuid=v)
+    if "pciBusId" in data:
+        _expect(
+            isinstance(data["pciBusId"], str), f"{where}.pciBusId", "a PCI bus id string", data["pciBusId"]
+        )
+        gpu = replace(gpu, pci_bus_id=data["pciBusId"])
+    if "minor" in data:
+        v = data["minor"]
+        _expect(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{where}.minor", "an integer >= 0", v
+        )
+        gpu = replace(gpu, minor=v)
+    return gpu
+
+
+_LAYOUT_KEYS = ("driverVersion", "cudaDriverVersion", "seed", "gpu", "count", "gpus", "faults")
+
+
+def parse_layout(data: object, source: str = "layout") -> FakeLayout:
+    """A FakeLayout from a decoded YAML/JSON document; LayoutError names what is wrong."""
+    _expect(isinstance(data, dict), source, "a mapping at the top level", type(data).__name__)
+    assert isinstance(data, dict)
+    _check_keys(source, data, _LAYOUT_KEYS)
+    template = _parse_gpu(f"{source}: gpu", data.get("gpu", {}), FakeGpu())
+    if "gpus" in data:
+        items = data["gpus"]
+        _expect(isinstance(items, list), f"{source}: gpus", "a list of GPUs", items)
+        _expect(
+            "count" not in data or data["count"] == len(items),
+            f"{source}: count",
+            f"{len(items)} (the length of gpus) or no count",
+            data.get("count"),
+        )
+        gpus = tuple(_parse_gpu(f"{source}: gpus[{i}]", g, template) for i, g in enumerate(items))
+    else:
+        count = data.get("count", 1)
+        _expect(
+            isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= 64,
+            f"{source}: count",
+            "a GPU count from 0 to 64",
+            count,
+        )
+        gpus = (template,) * count
+    driver = data.get("driverVersion", DEFAULT_DRIVER)
+    _expect(
+        isinstance(driver, str | int | float),
+        f"{source}: driverVersion",
+        'a version string such as "580.159.04"',
+        driver,
+    )
+    cuda = data.get("cudaDriverVersion", DEFAULT_CUDA)
+    _expect(
+        isinstance(cuda, int) and not isinstance(cuda, bool) and cuda >= 0,
+        f"{source}: cudaDriverVersion",
+        "an integer such as 13000 (CUDA 13.0)",
+        cuda,
+    )
+    seed = str(data.get("seed", "nvplugin"))
+    library_fault, device_faults = _parse_faults(f"{source}: faults", data.get("faults", {}), len(gpus))
+    layout = FakeLayout(
+        gpus=gpus,
+        driver_version=str(driver),
+        cuda_driver_version=cuda,
+        library_fault=library_fault,
+        device_faults=device_faults,
+    )
+    return _complete(layout, seed)
+
+
+def _parse_faults(where: str, data: object, count: int) -> tuple[str | None, dict[int, dict[str, str]]]:
+    _expect(isinstance(data, dict), where, "a mapping", data)
+    assert isinstance(data, dict)
+    _check_keys(where, data, ("library", "devices"))
+    library = data.get("library")
+    _expect(
+        library is None or library in LIBRARY_FAULTS, f"{where}.library", " or ".join(LIBRARY_FAULTS), library
+    )
+    devices: dict[int, dict[str, str]] = {}
+    raw_devices = data.get("devices", {})
+    _expect(
+        isinstance(raw_devices, dict), f"{where}.devices", "a mapping of GPU index to faults", raw_devices
+    )
+    for key, calls in raw_devices.items():
+        _expect(
+            str(key).isdigit() and int(key) < count, f"{where}.devices", f"GPU indexes below {count}", key
+        )
+        _expect(
+            isinstance(calls, dict), f"{where}.devices.{key}", "a mapping of NVML call to error kind", calls
+        )
+        for call, kind in calls.items():
+            _expect(
+                call in DEVICE_CALLS,
+                f"{where}.devices.{key}",
+                f"NVML calls among {', '.join(DEVICE_CALLS)}",
+                call,
+            )
+            _expect(
+                kind in ERROR_KINDS, f"{where}.devices.{key}.{call}", f"one of {', '.join(ERROR_KINDS)}", kind
+            )
+        devices[int(key)] = dict(calls)
+    return library, devices
+
+
+def load_layout(spec: str) -> FakeLayout:
+    """`spec` is a GPU count ("8") or the path of a YAML/JSON layout file."""
+    if spec.isdigit():
+        return FakeLayout.of(int(spec))
+    path = Path(spec)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LayoutError(f"{spec}: cannot read the fake GPU layout: {exc.strerror or exc}") from None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml  # only layouts and config files need it
+
+            data = yaml.safe_load(text)
+    except (ValueError, ImportError) as exc:
+        raise LayoutError(f"{spec}: not valid YAML/JSON: {exc}") from None
+    except Exception as exc:  # yaml.YAMLError has no common base with ValueError
+        raise LayoutError(f"{spec}: not valid YAML/JSON: {exc}") from None
+    return parse_layout(data, spec)
+
+
+class FakeNvml:
+    """Implements the Nvml protocol over a FakeLayout. Thread-safe: faults can be injected
+    from the loop while worker threads query it."""
+
+    def __init__(self, layout: FakeLayout) -> None:
+        self._layout = layout
+        self._lock = threading.Lock()
+        self._faults: dict[int, dict[str, str]] = {i: dict(f) for i, f in layout.device_faults.items()}
+        self._initialised = False
+        self.calls = 0  # every NVML call made, for benchmarks that count them
+
+    @property
+    def layout(self) -> FakeLayout:
+        return self._layout
+
+    # --- fault injection
+
+    def inject_device_fault(self, index: int, call: str, kind: str) -> None:
+        if call not in DEVICE_CALLS or kind not in ERROR_KINDS:
+            raise ValueError(f"unknown call {call!r} or error kind {kind!r}")
+        with self._lock:
+            self._faults.setdefault(index, {})[call] = kind
+
+    def clear_device_faults(self, index: int | None = None) -> None:
+        with self._lock:
+            if index is None:
+                self._faults.clear()
+            else:
+                self._faults.pop(index, None)
+
+    # --- plumbing
+
+    def _device(self, call: str, index: int) -> FakeGpu:
+        with self._lock:
+            self.calls += 1
+            if not self._initialised:
+                raise NvmlError(call, "Uninitialized", 1)
+            if not 0 <= index < len(self._layout.gpus):
+                raise NvmlError(call, "Invalid Argument", 2)
+            kind = self._faults.get(index, {}).get(call)
+        if kind is not None:
+            raise ERROR_KINDS[kind](call, f"injected fault ({kind}) on GPU {index}")
+        return self._layout.gpus[index]
+
+    # --- the Nvml protocol
+
+    def init(self) -> None:
+        with self._lock:
+            self.calls += 1
+        if self._layout.library_fault == "missing":
+            raise NvmlLibraryNotFound("nvmlInit", f"libnvidia-ml.so.1 was not found: {LIBRARY_HINT}", 12)
+        if self._layout.library_fault == "init-error":
+            raise NvmlError("nvmlInit", "Unknown Error (injected)", 999)
+        self._initialised = True
+
+    def shutdown(self) -> None:
+        self._initialised = False
+
+    def driver_version(self) -> str:
+        return self._layout.driver_version
+
+    def cuda_driver_version(self) -> int:
+        return self._layout.cuda_driver_version
+
+    def device_count(self) -> int:
+        return len(self._layout.gpus)
+
+    def device_uuid(self, index: int) -> str:
+        return self._device("device_uuid", index).uuid
+
+    def device_name(self, index: int) -> str:
+        return self._device("device_name", index).name
+
+    def device_minor_number(self, index: int) -> int:
+        return self._device("device_minor_number", index).minor
+
+    def device_memory_total(self, index: int) -> int:
+        return self._device("device_memory_total", index).memory_mib * 1024 * 1024
+
+    def device_compute_capability(self, index: int) -> tuple[int, int]:
+        return self._device("device_compute_capability", index).compute_capability
+
+    def device_pci_bus_id(self, index: int) -> str:
+        return self._device("device_pci_bus_id", index).pci_bus_id
+
+    def device_numa_node(self, index: int) -> int | None:
+        return self._device("device_numa_node", index).numa_node
