@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nvplugin.core.topology import Topology
+
 
 @dataclass(frozen=True, slots=True)
 class Gpu:
@@ -38,6 +40,8 @@ class Inventory:
     cuda_driver_version: int
     # One line per device or fact that could not be read; those devices are left out.
     problems: tuple[str, ...] = field(default=())
+    # How the GPUs are wired (NVLink, PCIe, NUMA); None until read (nvml.topology.read_topology).
+    topology: Topology | None = None
 
     @property
     def cuda_version(self) -> tuple[int, int]:

@@ -7,6 +7,7 @@ exception types below so nothing above this layer imports pynvml.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -73,3 +74,43 @@ class Nvml(Protocol):
 
     # None when unknown (the kernel reports -1 in VMs).
     def device_numa_node(self, index: int) -> int | None: ...
+
+    # --- topology (read once at discovery; see nvml/topology.py)
+
+    # One entry per active NVLink of the GPU: what is at the other end. [] without NVLink.
+    def device_nvlink_remotes(self, index: int) -> list[NvLinkRemote]: ...
+
+    # The closest common PCIe ancestor of two GPUs: an nvmlGpuTopologyLevel_t value
+    # (0 same board, 10 one switch, 20 several switches, 30 host bridge, 40 NUMA node, 50 system).
+    def device_topology_common_ancestor(self, index_a: int, index_b: int) -> int: ...
+
+
+# What NVML says is at the far end of one active NVLink.
+NVLINK_REMOTE_GPU = "gpu"
+NVLINK_REMOTE_SWITCH = "switch"
+NVLINK_REMOTE_UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class NvLinkRemote:
+    # The remote's PCI bus id as NVML writes it ("00000000:18:00.0"); "" when unreadable.
+    bus_id: str
+    # NVLINK_REMOTE_GPU, NVLINK_REMOTE_SWITCH or NVLINK_REMOTE_UNKNOWN (the driver cannot tell).
+    kind: str = NVLINK_REMOTE_UNKNOWN
+
+
+def normalize_bus_id(bus_id: str) -> str:
+    """'00000000:18:00.0', '0000:18:00.0' and '18:00.0' -> '0000:18:00.0' (sysfs form), so bus
+    ids from different NVML calls compare equal. Unparseable text is returned lowercased."""
+    text = bus_id.strip().lower()
+    parts = text.split(":")
+    try:
+        if len(parts) == 2:
+            parts = ["0", *parts]
+        if len(parts) != 3:
+            return text
+        domain, bus = int(parts[0], 16), int(parts[1], 16)
+        device, _, function = parts[2].partition(".")
+        return f"{domain:04x}:{bus:02x}:{int(device, 16):02x}.{int(function or '0', 16):x}"
+    except ValueError:
+        return text

@@ -23,6 +23,19 @@ A layout is a dict (from YAML or JSON):
         "1": {device_uuid: gpu-lost}  # NVML call name -> error kind
 
 Error kinds: not-supported, gpu-lost, timeout, unknown.
+
+An optional `topology` section describes how the GPUs are wired (see docs/topology.md;
+nvplugin/testing/layouts/ has complete examples):
+
+    topology:
+      nvlink:                         # direct NVLinks, "i-j": count
+        "0-1": 2
+      nvswitch: true                  # every GPU on one NVSwitch fabric, 18 links each; or
+      # nvswitch: {gpus: [0, 1], links: 18, switches: 4}
+      pcie:                           # groups of GPUs per PCIe level; the closest group wins
+        single: [[0, 1], [2, 3]]      # one PCIe switch (nvidia-smi PIX)
+        multiple: [[0, 1, 2, 3]]      # several switches (PXB); also internal, hostbridge, node
+      # pairs in no group: NODE when on the same NUMA node (numaNode), else SYSTEM
 """
 
 from __future__ import annotations
@@ -36,8 +49,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nvplugin.nvml.base import (
+from nvplugin.core.topology import PcieLevel
+from nvplugin.nvml.base import (  # topology
     LIBRARY_HINT,
+    NVLINK_REMOTE_GPU,
+    NVLINK_REMOTE_SWITCH,
+    NvLinkRemote,
     NvmlError,
     NvmlGpuLost,
     NvmlLibraryNotFound,
@@ -64,6 +81,8 @@ DEVICE_CALLS = (
     "device_compute_capability",
     "device_pci_bus_id",
     "device_numa_node",
+    "device_nvlink_remotes",
+    "device_topology_common_ancestor",
 )
 LIBRARY_FAULTS = ("missing", "init-error")
 
@@ -91,6 +110,8 @@ class FakeLayout:
     library_fault: str | None = None
     # device index -> NVML call name -> error kind
     device_faults: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    # How the GPUs are wired; None: no NVLink, PCIe from NUMA nodes alone.
+    topology: FakeTopology | None = None
 
     @classmethod
     def of(cls, count: int, seed: str = "nvplugin", **template: Any) -> FakeLayout:
@@ -198,7 +219,7 @@ def _parse_gpu(where: str, data: object, base: FakeGpu) -> FakeGpu:
     return gpu
 
 
-_LAYOUT_KEYS = ("driverVersion", "cudaDriverVersion", "seed", "gpu", "count", "gpus", "faults")
+_LAYOUT_KEYS = ("driverVersion", "cudaDriverVersion", "seed", "gpu", "count", "gpus", "faults", "topology")
 
 
 def parse_layout(data: object, source: str = "layout") -> FakeLayout:
@@ -242,12 +263,16 @@ def parse_layout(data: object, source: str = "layout") -> FakeLayout:
     )
     seed = str(data.get("seed", "nvplugin"))
     library_fault, device_faults = _parse_faults(f"{source}: faults", data.get("faults", {}), len(gpus))
+    topology = (
+        _parse_topology(f"{source}: topology", data["topology"], len(gpus)) if "topology" in data else None
+    )
     layout = FakeLayout(
         gpus=gpus,
         driver_version=str(driver),
         cuda_driver_version=cuda,
         library_fault=library_fault,
         device_faults=device_faults,
+        topology=topology,
     )
     return _complete(layout, seed)
 
@@ -396,3 +421,161 @@ class FakeNvml:
 
     def device_numa_node(self, index: int) -> int | None:
         return self._device("device_numa_node", index).numa_node
+
+    # --- topology
+
+    def device_nvlink_remotes(self, index: int) -> list[NvLinkRemote]:
+        self._device("device_nvlink_remotes", index)
+        topology = self._layout.topology
+        if topology is None:
+            return []
+        gpus = self._layout.gpus
+        remotes: list[NvLinkRemote] = []
+        for (a, b), count in sorted(topology.nvlinks.items()):
+            if index in (a, b):
+                peer = gpus[b if a == index else a]
+                remotes += [NvLinkRemote(peer.pci_bus_id, NVLINK_REMOTE_GPU)] * count
+        if index in topology.nvswitch_gpus:
+            remotes += [
+                NvLinkRemote(_switch_bus_id(link % topology.nvswitch_count), NVLINK_REMOTE_SWITCH)
+                for link in range(topology.nvswitch_links)
+            ]
+        return remotes
+
+    def device_topology_common_ancestor(self, index_a: int, index_b: int) -> int:
+        call = "device_topology_common_ancestor"
+        self._device(call, index_a)
+        with self._lock:
+            # One NVML call, already counted; a fault on either GPU fails it.
+            kind = self._faults.get(index_b, {}).get(call)
+        if not 0 <= index_b < len(self._layout.gpus):
+            raise NvmlError(call, "Invalid Argument", 2)
+        if kind is not None:
+            raise ERROR_KINDS[kind](call, f"injected fault ({kind}) on GPU {index_b}")
+        if index_a == index_b:
+            return int(PcieLevel.INTERNAL)
+        topology = self._layout.topology
+        groups = topology.pcie_groups if topology is not None else ()
+        levels = [level for level, members in groups if index_a in members and index_b in members]
+        if levels:
+            return min(levels)
+        numa_a, numa_b = self._layout.gpus[index_a].numa_node, self._layout.gpus[index_b].numa_node
+        same_node = numa_a is not None and numa_a == numa_b
+        return int(PcieLevel.NODE if same_node else PcieLevel.SYSTEM)
+
+
+# --- described topology
+
+
+@dataclass(frozen=True, slots=True)
+class FakeTopology:
+    # Direct NVLinks: (i, j) with i < j -> link count.
+    nvlinks: Mapping[tuple[int, int], int] = field(default_factory=dict)
+    # GPUs on the one NVSwitch fabric, each with `nvswitch_links` links spread over the switches.
+    nvswitch_gpus: tuple[int, ...] = ()
+    nvswitch_links: int = 18
+    nvswitch_count: int = 4
+    # (nvmlGpuTopologyLevel_t value, GPU indexes): the closest group holding both GPUs wins.
+    pcie_groups: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+
+def _switch_bus_id(switch: int) -> str:
+    # PCI domain 1 so that a switch never shares a bus id with a described GPU.
+    return f"00000001:{0x10 + switch:02X}:00.0"
+
+
+PCIE_LEVEL_NAMES: Mapping[str, PcieLevel] = {
+    "internal": PcieLevel.INTERNAL,
+    "single": PcieLevel.SINGLE,
+    "multiple": PcieLevel.MULTIPLE,
+    "hostbridge": PcieLevel.HOSTBRIDGE,
+    "node": PcieLevel.NODE,
+    "system": PcieLevel.SYSTEM,
+}
+
+
+def _gpu_index(where: str, value: object, count: int) -> int:
+    _expect(
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value < count,
+        where,
+        f"a GPU index from 0 to {count - 1}",
+        value,
+    )
+    assert isinstance(value, int)
+    return value
+
+
+def _parse_topology(where: str, data: object, count: int) -> FakeTopology:
+    _expect(isinstance(data, dict), where, "a mapping with nvlink, nvswitch and pcie", data)
+    assert isinstance(data, dict)
+    _check_keys(where, data, ("nvlink", "nvswitch", "pcie"))
+    nvlinks: dict[tuple[int, int], int] = {}
+    raw_links = data.get("nvlink", {})
+    _expect(isinstance(raw_links, dict), f"{where}.nvlink", 'a mapping of "i-j" to a link count', raw_links)
+    for key, links in raw_links.items():
+        a, dash, b = str(key).partition("-")
+        _expect(
+            dash == "-" and a.strip().isdigit() and b.strip().isdigit(),
+            f"{where}.nvlink",
+            'GPU pairs written "i-j"',
+            key,
+        )
+        i = _gpu_index(f"{where}.nvlink.{key}", int(a), count)
+        j = _gpu_index(f"{where}.nvlink.{key}", int(b), count)
+        _expect(i != j, f"{where}.nvlink.{key}", "two different GPUs", key)
+        _expect(
+            isinstance(links, int) and not isinstance(links, bool) and links >= 0,
+            f"{where}.nvlink.{key}",
+            "a link count >= 0",
+            links,
+        )
+        pair = (min(i, j), max(i, j))
+        _expect(pair not in nvlinks, f"{where}.nvlink.{key}", "each pair once", key)
+        nvlinks[pair] = links
+    switch_gpus: tuple[int, ...] = ()
+    switch_links, switch_count = 18, 4
+    raw_switch = data.get("nvswitch", False)
+    if raw_switch is True:
+        switch_gpus = tuple(range(count))
+    elif isinstance(raw_switch, dict):
+        _check_keys(f"{where}.nvswitch", raw_switch, ("gpus", "links", "switches"))
+        members = raw_switch.get("gpus", "all")
+        if members == "all":
+            switch_gpus = tuple(range(count))
+        else:
+            _expect(
+                isinstance(members, list), f"{where}.nvswitch.gpus", "all or a list of GPU indexes", members
+            )
+            switch_gpus = tuple(_gpu_index(f"{where}.nvswitch.gpus", m, count) for m in members)
+        for key in ("links", "switches"):
+            value = raw_switch.get(key, 18 if key == "links" else 4)
+            _expect(
+                isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64,
+                f"{where}.nvswitch.{key}",
+                "an integer from 1 to 64",
+                value,
+            )
+        switch_links, switch_count = raw_switch.get("links", 18), raw_switch.get("switches", 4)
+    else:
+        _expect(raw_switch is False, f"{where}.nvswitch", "true, false or a mapping", raw_switch)
+    groups: list[tuple[int, tuple[int, ...]]] = []
+    raw_pcie = data.get("pcie", {})
+    _expect(isinstance(raw_pcie, dict), f"{where}.pcie", "a mapping of PCIe level to GPU groups", raw_pcie)
+    _check_keys(f"{where}.pcie", raw_pcie, tuple(PCIE_LEVEL_NAMES))
+    for name, raw_groups in raw_pcie.items():
+        _expect(
+            isinstance(raw_groups, list) and all(isinstance(g, list) for g in raw_groups),
+            f"{where}.pcie.{name}",
+            "a list of GPU index lists",
+            raw_groups,
+        )
+        for group in raw_groups:
+            members = tuple(_gpu_index(f"{where}.pcie.{name}", m, count) for m in group)
+            groups.append((int(PCIE_LEVEL_NAMES[name]), members))
+    return FakeTopology(
+        nvlinks=nvlinks,
+        nvswitch_gpus=switch_gpus,
+        nvswitch_links=switch_links,
+        nvswitch_count=switch_count,
+        pcie_groups=tuple(groups),
+    )

@@ -10,11 +10,16 @@ import ctypes
 import os
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from nvplugin.nvml.base import (
     LIBRARY_HINT,
+    NVLINK_REMOTE_GPU,
+    NVLINK_REMOTE_SWITCH,
+    NVLINK_REMOTE_UNKNOWN,
+    NvLinkRemote,
     NvmlError,
     NvmlGpuLost,
     NvmlLibraryNotFound,
@@ -153,6 +158,64 @@ class RealNvml:
         except (OSError, ValueError):
             return None
         return node if node >= 0 else None
+
+    # --- topology (read once at discovery)
+
+    def device_nvlink_remotes(self, index: int) -> list[NvLinkRemote]:
+        """One entry per active NVLink. A GPU or driver without NVLink gives []; a link whose
+        remote cannot be described is still counted (kind unknown, bus id empty)."""
+        pynvml = self._pynvml
+        h = self._handle(index)
+        kinds = {
+            pynvml.NVML_NVLINK_DEVICE_TYPE_GPU: NVLINK_REMOTE_GPU,
+            pynvml.NVML_NVLINK_DEVICE_TYPE_SWITCH: NVLINK_REMOTE_SWITCH,
+        }
+        remotes: list[NvLinkRemote] = []
+        for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
+            try:
+                active = self._call(
+                    "nvmlDeviceGetNvLinkState", partial(pynvml.nvmlDeviceGetNvLinkState, h, link)
+                )
+            except NvmlGpuLost:
+                raise
+            except NvmlNotSupported:
+                if link == 0:
+                    return []  # no NVLink on this GPU
+                continue
+            except NvmlError as exc:
+                if exc.code == pynvml.NVML_ERROR_INVALID_ARGUMENT:
+                    break  # past the GPU's last link
+                continue
+            if active != pynvml.NVML_FEATURE_ENABLED:
+                continue
+            try:
+                raw_kind = self._call(
+                    "nvmlDeviceGetNvLinkRemoteDeviceType",
+                    partial(pynvml.nvmlDeviceGetNvLinkRemoteDeviceType, h, link),
+                )
+            except NvmlError:
+                raw_kind = None  # older drivers: classify by bus id instead
+            if raw_kind == pynvml.NVML_NVLINK_DEVICE_TYPE_IBMNPU:
+                continue  # a link to the CPU, not to another GPU
+            try:
+                info = self._call(
+                    "nvmlDeviceGetNvLinkRemotePciInfo_v2",
+                    partial(pynvml.nvmlDeviceGetNvLinkRemotePciInfo, h, link),
+                )
+                bus_id = _text(info.busId)
+            except NvmlError:
+                bus_id = ""
+            remotes.append(NvLinkRemote(bus_id, kinds.get(raw_kind, NVLINK_REMOTE_UNKNOWN)))
+        return remotes
+
+    def device_topology_common_ancestor(self, index_a: int, index_b: int) -> int:
+        a, b = self._handle(index_a), self._handle(index_b)
+        return int(
+            self._call(
+                "nvmlDeviceGetTopologyCommonAncestor",
+                lambda: self._pynvml.nvmlDeviceGetTopologyCommonAncestor(a, b),
+            )
+        )
 
 
 def _text(value: object) -> str:
