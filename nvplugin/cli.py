@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from nvplugin import __version__
 from nvplugin.core.config import OPTIONS, Config, ConfigError, resolve
@@ -78,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser(
         "simulate",
         help="run the agent on simulated GPUs against an embedded kubelet, and tell what it sees",
-        description="Start simulated GPUs, the real agent and an embedded kubelet simulator in one process, "
-        "and describe in plain words what the kubelet sees: registration, devices with health, an allocation. "
-        "Runs until Ctrl-C, printing every change.",
+        description="Start simulated GPUs, the real agent and an embedded kubelet simulator in one "
+        "process, and describe in plain words what the kubelet sees: registration, devices with health, "
+        "an allocation. Runs until Ctrl-C, printing every change.",
     )
     add_config_flags(simulate, skip=("kubelet_socket", "fake_gpus"))
     simulate.add_argument(
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _extra_command_modules() -> list[object]:
+def _extra_command_modules() -> list[Any]:
     """Subcommands that live in their own modules (nvplugin.commands.*)."""
     return []
 

@@ -82,7 +82,7 @@ async def simulate(config: Config, once: bool, directory: Path) -> int:
 async def _story(agent: Agent, kubelet: KubeletSimulator) -> None:
     # Wait until the agent has advertised every resource it has.
     with anyio.fail_after(10):
-        while agent.started is None or not agent.started.is_set() or not agent.ready:
+        while agent.started is None or not agent.started.is_set() or not agent.ready:  # noqa: ASYNC110
             await anyio.sleep(0.01)
     for resource in agent.state.resources:
         plugin = await kubelet.wait_registered(resource.name)

@@ -7,6 +7,7 @@ on purpose first: grpclib's close waits for open handlers, and a stream never en
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -221,7 +222,7 @@ class PluginServer:
         with anyio.CancelScope(shield=True):
             # Let the streams send their end-of-stream before the connections go.
             with anyio.move_on_after(grace / 2):
-                while self.servicer.open_streams:
+                while self.servicer.open_streams:  # noqa: ASYNC110 - shutdown only, bounded
                     await anyio.sleep(0.005)
             server.close()
             for protocol in server.protocols:
@@ -230,8 +231,6 @@ class PluginServer:
                     processor.close("device plugin stopping")
             with anyio.move_on_after(grace / 2):
                 await server.wait_closed()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
-        except FileNotFoundError:
-            pass
         log.debug("stopped %s on %s", self.resource_name, self.socket_path)
