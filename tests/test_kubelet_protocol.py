@@ -150,7 +150,9 @@ async def test_waits_for_a_missing_kubelet_socket(config: Config, plugin_dir: Pa
             assert plugin.capacity == 4
 
 
-async def test_refused_registration_is_retried(config: Config, plugin_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_refused_registration_is_retried(
+    config: Config, plugin_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A kubelet that refuses (here: it cannot dial back in time) gets asked again with backoff."""
     async with KubeletSimulator(plugin_dir, dial_timeout=2.0) as kubelet:
         original = kubelet._handle_register
@@ -170,7 +172,9 @@ async def test_refused_registration_is_retried(config: Config, plugin_dir: Path,
     assert "simulated refusal: kubelet busy" in caplog.text
 
 
-async def test_plugin_restart_and_stream_end(kubelet: KubeletSimulator, config: Config, plugin_dir: Path) -> None:
+async def test_plugin_restart_and_stream_end(
+    kubelet: KubeletSimulator, config: Config, plugin_dir: Path
+) -> None:
     async with running_agent(config):
         plugin = await kubelet.wait_registered(GPU_RESOURCE)
         assert plugin.allocatable == 4
@@ -222,14 +226,20 @@ async def test_shutdown_ends_open_streams_quickly(kubelet: KubeletSimulator, con
         assert plugin is not None
 
 
-async def test_registration_is_validated_by_the_simulator(kubelet: KubeletSimulator, plugin_dir: Path) -> None:
+async def test_registration_is_validated_by_the_simulator(
+    kubelet: KubeletSimulator, plugin_dir: Path
+) -> None:
     channel = Channel(path=kubelet.socket_path)
     stub = api.RegistrationStub(channel)
     try:
         with pytest.raises(GRPCError, match="not supported by kubelet"):
-            await stub.register(api.RegisterRequest(version="v1alpha", endpoint="x.sock", resource_name="a.com/b"))
+            await stub.register(
+                api.RegisterRequest(version="v1alpha", endpoint="x.sock", resource_name="a.com/b")
+            )
         with pytest.raises(GRPCError, match="ResourceName 'gpu' is invalid"):
-            await stub.register(api.RegisterRequest(version="v1beta1", endpoint="x.sock", resource_name="gpu"))
+            await stub.register(
+                api.RegisterRequest(version="v1beta1", endpoint="x.sock", resource_name="gpu")
+            )
         # Dial-back: nobody serves x.sock, so the kubelet gives up after its dial timeout.
         kubelet.dial_timeout = 0.3
         with pytest.raises(GRPCError, match="failed to dial device plugin"):
