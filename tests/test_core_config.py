@@ -67,7 +67,7 @@ def test_errors_name_the_source_and_the_expectation(
 
 
 def test_file_errors_name_the_file() -> None:
-    with pytest.raises(ConfigError, match="config.yaml: mig_strategy: expected one of"):
+    with pytest.raises(ConfigError, match=r"config\.yaml: mig_strategy: expected one of"):
         resolve({}, {}, {"mig_strategy": "both"}, file_name="config.yaml")
 
 

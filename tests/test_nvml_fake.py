@@ -86,7 +86,7 @@ def test_layout_files_yaml_and_json(tmp_path: Path) -> None:
     assert len(load_layout(str(tmp_path / "l.yaml")).gpus) == 3
     assert load_layout(str(tmp_path / "l.yaml")).gpus[2].numa_node == 1
     assert len(load_layout(str(tmp_path / "l.json")).gpus) == 2
-    with pytest.raises(LayoutError, match="bad.yaml: not valid YAML/JSON"):
+    with pytest.raises(LayoutError, match=r"bad\.yaml: not valid YAML/JSON"):
         load_layout(str(tmp_path / "bad.yaml"))
     with pytest.raises(LayoutError, match="cannot read the fake GPU layout"):
         load_layout(str(tmp_path / "missing.yaml"))
