@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 KUBELET_SOCKET_RECHECK = 5.0
 # Stopping all plugin servers must fit in the 1 s shutdown budget.
 SERVER_STOP_GRACE = 0.4
+# After the kubelet drops our stream, look for its new socket this often, for this long.
+# The kubelet is usually back within milliseconds of its socket being deleted; later
+# re-creation is still caught by the directory watcher.
+RESTART_PROBE_INTERVAL = 0.001
+RESTART_PROBE_WINDOW = 3.0
 
 
 class AgentError(Exception):
@@ -77,6 +82,7 @@ class Agent:
         self._kubelet_seen: anyio.Event | None = None
         self._registered_kubelet_inode: int | None = None
         self._own_sockets: set[str] = set()
+        self._probing = False
         self.config = config.with_changes(kubelet_socket=os.path.abspath(config.kubelet_socket))
         # Set once every task has been started (tests and simulate wait on it).
         self.started: anyio.Event | None = None
@@ -241,6 +247,26 @@ class Agent:
             with anyio.move_on_after(KUBELET_SOCKET_RECHECK):
                 await self._kubelet_seen.wait()
 
+    def on_stream_lost(self) -> None:
+        """The kubelet closed a ListAndWatch stream: it may be restarting. Probe for its new
+        socket at a fine grain for a short while, so re-registration does not wait for the
+        directory watcher's batching (which stays coarse to keep the idle agent asleep)."""
+        if not self._probing and self._tg is not None:
+            self._probing = True
+            self._tg.start_soon(self._probe_kubelet_restart, name="kubelet-restart-probe")
+
+    async def _probe_kubelet_restart(self) -> None:
+        try:
+            with anyio.move_on_after(RESTART_PROBE_WINDOW):
+                while True:
+                    inode = self._kubelet_inode()
+                    if inode is not None and inode != self._registered_kubelet_inode:
+                        self.request_restart("kubelet.sock was re-created (kubelet restarted)")
+                        return
+                    await anyio.sleep(RESTART_PROBE_INTERVAL)
+        finally:
+            self._probing = False
+
     def on_directory_change(self, added: bool, path: str) -> None:
         """Called by the watcher for each file event in the kubelet's directory."""
         if path == self.config.kubelet_socket:
@@ -265,6 +291,8 @@ async def _serve_kubelet(agent: Agent) -> None:
         await agent._wait_for_kubelet_socket()
         agent.generation += 1
         servers = [PluginServer(r, agent.state, agent.config) for r in agent.state.resources]
+        for server in servers:
+            server.servicer.on_stream_lost = agent.on_stream_lost
         agent.servers = servers
         agent.registered = {s.resource_name: False for s in servers}
         try:
@@ -297,9 +325,11 @@ async def _watch_kubelet_dir(agent: Agent) -> None:
 
     directory = agent.config.plugin_dir
     os.makedirs(directory, exist_ok=True)
-    # A low debounce: a kubelet restart must be noticed in milliseconds, not 1.6 s.
+    # watchfiles' Rust thread wakes every `step` ms even when idle, so keep it coarse: the fast
+    # path for a kubelet restart is on_stream_lost's probe; this watcher is the safety net
+    # (kubelet started after us, a socket removed by hand).
     async for changes in awatch(
-        directory, debounce=20, step=10, recursive=False, ignore_permission_denied=True, watch_filter=None
+        directory, debounce=200, step=100, recursive=False, ignore_permission_denied=True, watch_filter=None
     ):
         # Deletions first: a kubelet restart removes our socket and re-creates its own at once.
         for change, path in sorted(changes, key=lambda c: c[0] != Change.deleted):

@@ -112,12 +112,13 @@ def _run_async(fn: Callable[[], object]) -> object:
     import anyio
 
     backend_options = {}
-    try:  # uvloop when installed (the `fast` extra): a cheaper loop for the RPC path
-        import uvloop  # noqa: F401
+    if not os.environ.get("NVPLUGIN_NO_UVLOOP"):
+        try:  # uvloop when installed (the `fast` extra): a cheaper loop for the RPC path
+            import uvloop  # noqa: F401
 
-        backend_options["use_uvloop"] = True
-    except ImportError:
-        pass
+            backend_options["use_uvloop"] = True
+        except ImportError:
+            pass
     return anyio.run(fn, backend="asyncio", backend_options=backend_options)  # type: ignore[arg-type]
 
 

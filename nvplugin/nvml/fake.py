@@ -165,7 +165,10 @@ def _parse_gpu(where: str, data: object, base: FakeGpu) -> FakeGpu:
     gpu = base
     if "name" in data:
         _expect(
-            isinstance(data["name"], str) and bool(data["name"]), f"{where}.name", "a product name", data["name"]
+            isinstance(data["name"], str) and bool(data["name"]),
+            f"{where}.name",
+            "a product name",
+            data["name"],
         )
         gpu = replace(gpu, name=data["name"])
     if "memoryMiB" in data:

@@ -73,6 +73,8 @@ class DevicePluginServicer(api.DevicePluginBase):
         # (state version, message): every stream of this resource shares one built list.
         self._list_cache: tuple[int, api.ListAndWatchResponse] | None = None
         self.on_allocate: Callable[[str, float, bool], None] | None = None
+        # Called when a stream ends while we still serve: the kubelet went away (restarting?).
+        self.on_stream_lost: Callable[[], None] | None = None
 
     # --- helpers
 
@@ -134,6 +136,8 @@ class DevicePluginServicer(api.DevicePluginBase):
                 await self._state.wait_changed(seen)
         finally:
             self._open_streams -= 1
+            if not self._stopping and self.on_stream_lost is not None:
+                self.on_stream_lost()
 
     async def get_preferred_allocation(
         self, message: api.PreferredAllocationRequest

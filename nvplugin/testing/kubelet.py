@@ -67,6 +67,7 @@ class Registration:
     at: float  # time.monotonic() when the Register call arrived
     request: api.RegisterRequest
     error: str | None = None
+    accepted: bool = False
 
 
 @dataclass
@@ -207,6 +208,7 @@ class KubeletSimulator:
             self._drop(old)
         plugin = PluginView(request.resource_name, request.endpoint, options, channel=channel)
         self.plugins[request.resource_name] = plugin
+        record.accepted = True
         self._say(f"kubelet: registered {request.resource_name} (plugin socket {request.endpoint})")
         assert self._tg is not None
         scope = anyio.CancelScope()
@@ -289,9 +291,14 @@ class KubeletSimulator:
         """Wait for the `count`-th accepted registration of `resource` and its first device list."""
 
         def ready() -> PluginView | None:
-            accepted = [r for r in self.registrations if r.request.resource_name == resource and not r.error]
+            accepted = [r for r in self.registrations if r.request.resource_name == resource and r.accepted]
             plugin = self.plugins.get(resource)
-            if len(accepted) >= count and plugin is not None and plugin.updates > 0:
+            if (
+                len(accepted) >= count
+                and plugin is not None
+                and plugin.endpoint == accepted[-1].request.endpoint
+                and plugin.updates > 0
+            ):
                 return plugin
             return None
 
