@@ -16,7 +16,6 @@ from nvplugin.core.resources import AdvertisedDevice, Resource, build_resources
 from nvplugin.core.topology import PcieLevel, Topology
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.fake import FakeNvml, load_layout
-from nvplugin.nvml.topology import with_topology
 from nvplugin.testing.layouts import LAYOUTS, layout_path
 
 
@@ -24,7 +23,7 @@ from nvplugin.testing.layouts import LAYOUTS, layout_path
 def node(name: str) -> tuple[Topology, Resource]:
     nvml = FakeNvml(load_layout(layout_path(name)))
     nvml.init()
-    inventory = with_topology(nvml, discover(nvml))
+    inventory = discover(nvml)
     assert inventory.topology is not None
     return inventory.topology, build_resources(inventory, Config())[0]
 
@@ -44,7 +43,9 @@ def objective(topology: Topology, fixed: list[str], chosen: list[str], rest: lis
     return topology.set_score([*fixed, *chosen]), topology.set_score(rest)
 
 
-def exhaustive_best(topology: Topology, fixed: list[str], candidates: list[str], need: int) -> tuple[int, int]:
+def exhaustive_best(
+    topology: Topology, fixed: list[str], candidates: list[str], need: int
+) -> tuple[int, int]:
     need = min(need, len(candidates))
     return max(
         objective(topology, fixed, list(chosen), [c for c in candidates if c not in chosen])
@@ -168,9 +169,7 @@ def test_no_needless_fragmentation() -> None:
     available = gpu_ids(name, 4, 5, 6, 7)
     one = indexes(name, preferred_allocation(topology, resource, available, [], 1))
     rest = [i for i in (4, 5, 6, 7) if i not in one]
-    best_rest = max(
-        topology.set_score(gpu_ids(name, *r)) for r in combinations((4, 5, 6, 7), 3)
-    )
+    best_rest = max(topology.set_score(gpu_ids(name, *r)) for r in combinations((4, 5, 6, 7), 3))
     assert topology.set_score(gpu_ids(name, *rest)) == best_rest
 
 

@@ -28,7 +28,7 @@ def started(layout: FakeLayout) -> FakeNvml:
 
 def read(name: str) -> Topology:
     nvml = started(load_layout(layout_path(name)))
-    topology = with_topology(nvml, discover(nvml)).topology
+    topology = discover(nvml).topology
     assert topology is not None
     return topology
 
@@ -158,7 +158,9 @@ def test_dgx1_cube_mesh_matches_the_published_matrix() -> None:
     assert t.problems == ()
 
 
-@pytest.mark.parametrize(("name", "count", "links"), [("hgx-h100-nvswitch", 8, 18), ("dgx2-v100-nvswitch", 16, 6)])
+@pytest.mark.parametrize(
+    ("name", "count", "links"), [("hgx-h100-nvswitch", 8, 18), ("dgx2-v100-nvswitch", 16, 6)]
+)
 def test_nvswitch_boards_are_fully_connected(name: str, count: int, links: int) -> None:
     t = read(name)
     assert len(t) == count
@@ -182,7 +184,7 @@ def test_pcie_only_server_and_workstation() -> None:
 
 def test_no_nvml_calls_after_discovery() -> None:
     nvml = started(load_layout(layout_path("dgx2-v100-nvswitch")))
-    inventory = with_topology(nvml, discover(nvml))
+    inventory = discover(nvml)
     before = nvml.calls
     assert inventory.topology is not None and inventory.topology.set_score(inventory.topology.gpus) > 0
     assert nvml.calls == before
@@ -322,7 +324,10 @@ def test_topology_section_parses() -> None:
     assert t.pcie[0][1] is PcieLevel.SINGLE and t.pcie[2][3] is PcieLevel.NODE
     remotes = nvml.device_nvlink_remotes(1)
     assert len(remotes) == 4 + 6
-    assert {r.bus_id for r in remotes if r.kind == NVLINK_REMOTE_SWITCH} == {"00000001:10:00.0", "00000001:11:00.0"}
+    assert {r.bus_id for r in remotes if r.kind == NVLINK_REMOTE_SWITCH} == {
+        "00000001:10:00.0",
+        "00000001:11:00.0",
+    }
 
 
 def test_fake_topology_calls_check_their_arguments() -> None:
@@ -342,3 +347,12 @@ def test_fake_topology_calls_check_their_arguments() -> None:
 def test_gpu_record_untouched() -> None:
     # Topology lives beside the GPUs, not in them: Gpu keeps its fields.
     assert "topology" not in Gpu.__dataclass_fields__
+
+
+def test_with_topology_reads_it_again() -> None:
+    nvml = started(load_layout(layout_path("workstation-2gpu-nvlink")))
+    inventory = discover(nvml)
+    before = nvml.calls
+    again = with_topology(nvml, inventory)
+    assert again.topology == inventory.topology and again.gpus == inventory.gpus
+    assert nvml.calls == before + 2 + 1

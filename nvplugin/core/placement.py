@@ -89,9 +89,7 @@ def _best_gpus(
     positions = [topology.index(d.gpu_uuid) for d in candidates]
     n = len(candidates)
     # Pair scores among the candidates; a GPU unknown to the topology scores 0 with all.
-    pair = [
-        [0 if a is None or b is None or a == b else scores[a][b] for b in positions] for a in positions
-    ]
+    pair = [[0 if a is None or b is None or a == b else scores[a][b] for b in positions] for a in positions]
     to_fixed = [0 if a is None else sum(scores[a][f] for f in fixed_positions) for a in positions]
     row_sums = [sum(row) for row in pair]
     # Primary: score(fixed + picks) = score(fixed) + sum(to_fixed) + score(picks).
@@ -119,7 +117,8 @@ def _max_weight_subset(q: list[list[int]], w: list[int], k: int) -> list[int]:
     if k == 0:
         return []
     if _binomial_below(n, k, _ENUMERATE_BELOW):
-        return list(max(combinations(range(n), k), key=lambda t: _value(q, w, t)))
+        _, best = max((_value(q, w, subset), subset) for subset in combinations(range(n), k))
+        return list(best)
     return _branch_and_bound(q, w, k)
 
 
@@ -151,10 +150,11 @@ def _twin_classes(q: list[list[int]], w: list[int]) -> list[int]:
         row_v = q[v]
         for r in representatives:
             row_r = q[r]
-            if w[r] == w[v] and row_r[:r] == row_v[:r] and row_r[r + 1 : v] == row_v[r + 1 : v]:
-                if row_r[v + 1 :] == row_v[v + 1 :]:
-                    class_of[v] = r
-                    break
+            # Equal everywhere but at r and v themselves (slices compare in C).
+            same_rows = row_r[:r] == row_v[:r] and row_r[r + 1 : v] == row_v[r + 1 : v]
+            if w[r] == w[v] and same_rows and row_r[v + 1 :] == row_v[v + 1 :]:
+                class_of[v] = r
+                break
         else:
             representatives.append(v)
     return class_of

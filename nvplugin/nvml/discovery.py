@@ -6,6 +6,7 @@ import logging
 
 from nvplugin.core.inventory import Gpu, Inventory
 from nvplugin.nvml.base import Nvml, NvmlError
+from nvplugin.nvml.topology import with_topology
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def discover(nvml: Nvml) -> Inventory:
             gpus.append(read_gpu(nvml, index))
         except NvmlError as exc:
             problems.append(f"GPU {index} left out: {exc}")
-    return Inventory(
+    inventory = Inventory(
         gpus=tuple(gpus), driver_version=driver, cuda_driver_version=cuda, problems=tuple(problems)
     )
+    # Read once here, so GetPreferredAllocation never calls NVML (nvml/topology.py).
+    return with_topology(nvml, inventory)

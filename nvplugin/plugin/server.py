@@ -29,6 +29,8 @@ from nvplugin.core.allocation import (
     preferred_allocation,
 )
 from nvplugin.core.config import Config
+from nvplugin.core.placement import DISTRIBUTED
+from nvplugin.core.placement import preferred_allocation as topology_preferred_allocation
 from nvplugin.core.resources import Resource, device_health
 from nvplugin.state import NodeState
 
@@ -146,13 +148,29 @@ class DevicePluginServicer(api.DevicePluginBase):
         return api.PreferredAllocationResponse(
             container_responses=[
                 api.ContainerPreferredAllocationResponse(
-                    device_i_ds=preferred_allocation(
+                    device_i_ds=self.preferred_devices(
                         request.available_deviceIDs, request.must_include_deviceIDs, request.allocation_size
                     )
                 )
                 for request in message.container_requests
             ]
         )
+
+    def preferred_devices(self, available: list[str], must_include: list[str], size: int) -> list[str]:
+        """Topology-aware choice from the topology read at discovery: no NVML call here."""
+        try:
+            return topology_preferred_allocation(
+                self._state.inventory.topology,
+                self._resource(),
+                available,
+                must_include,
+                size,
+                unhealthy=self._state.unhealthy,
+                policy=getattr(self._config, "shared_devices_allocation_policy", DISTRIBUTED),
+            )
+        except Exception:  # a bug in the policy must not fail pod admission
+            log.exception("GetPreferredAllocation: topology-aware policy failed; answering in order")
+            return preferred_allocation(available, must_include, size)
 
     async def allocate(self, message: api.AllocateRequest) -> api.AllocateResponse:
         started = anyio.current_time()
