@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from nvplugin.core.allocation import preferred_allocation as simple_preferred_allocation
 from nvplugin.core.config import Config
-from nvplugin.core.placement import PACKED, _max_weight_subset, preferred_allocation
+from nvplugin.core.placement import PACKED, _branch_and_bound, _max_weight_subset, preferred_allocation
 from nvplugin.core.resources import AdvertisedDevice, Resource, build_resources
 from nvplugin.core.topology import PcieLevel, Topology
 from nvplugin.nvml.discovery import discover
@@ -324,3 +324,11 @@ def test_mig_devices_group_by_parent_gpu() -> None:
     assert {i.split("-")[1] for i in spread} == {"0", "3"}  # NV2-linked parents
     packed = preferred_allocation(topology, resource, ids, [], 3, policy=PACKED)
     assert len({i.split("-")[1] for i in packed}) == 1
+
+
+def test_search_budget_still_gives_a_full_answer() -> None:
+    n = 12
+    q = [[0 if i == j else (i * 7 + j * 7) % 5 for j in range(n)] for i in range(n)]
+    for budget in (0, 1, 10):
+        picked = _branch_and_bound(q, [0] * n, 6, budget=budget)
+        assert len(picked) == len(set(picked)) == 6

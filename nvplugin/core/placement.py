@@ -34,6 +34,8 @@ SHARED_POLICIES = (DISTRIBUTED, PACKED)
 _NO_MARKS: Mapping[str, str] = {}
 # Below this many candidate subsets, plain enumeration beats the bookkeeping of the search.
 _ENUMERATE_BELOW = 64
+# Search nodes at most per request (about 10 ms of CPU); see _branch_and_bound.
+_SEARCH_BUDGET = 5000
 
 
 def preferred_allocation(
@@ -160,7 +162,7 @@ def _twin_classes(q: list[list[int]], w: list[int]) -> list[int]:
     return class_of
 
 
-def _branch_and_bound(q: list[list[int]], w: list[int], k: int) -> list[int]:
+def _branch_and_bound(q: list[list[int]], w: list[int], k: int, budget: int = _SEARCH_BUDGET) -> list[int]:
     """Depth-first include/exclude search in a good-first order, pruned by an upper bound.
 
     Bound for picking r more from the undecided vertices R, given gains g (w plus pair scores
@@ -170,6 +172,10 @@ def _branch_and_bound(q: list[list[int]], w: list[int], k: int) -> list[int]:
     such as two GPUs behind one PCIe switch on an NVSwitch board) sit next to each other in
     the order, and leaving one out leaves out the rest of its run: picking any of them instead
     would only repeat an answer already weighed.
+
+    `budget` caps the nodes visited: the shipped 16-GPU layouts need a few hundred, but a
+    large irregular node could need far more, and a late answer is worse than a near-best one.
+    Past the cap the best set found so far (at least the greedy one) is returned.
     """
     n = len(w)
     # half_best[v][m]: the sum of v's m best pair scores (to anyone); an over-estimate is safe.
@@ -200,9 +206,13 @@ def _branch_and_bound(q: list[list[int]], w: list[int], k: int) -> list[int]:
     best: list[int] = greedy
 
     picked: list[int] = []
+    visits = 0
 
     def visit(position: int, remaining: int, value: int, gains: list[int]) -> None:
-        nonlocal best_value, best
+        nonlocal best_value, best, visits
+        visits += 1
+        if visits > budget:
+            return
         if remaining == 0:
             if value > best_value:
                 best_value, best = value, list(picked)
