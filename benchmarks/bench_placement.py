@@ -14,7 +14,8 @@ Prints, per layout and request size:
 - the NVML calls made per request after discovery (FakeNvml.calls; the target is zero);
 - from a grpcio client: the agent as a real process (`nvplugin run --fake-gpus LAYOUT`)
   registered with the kubelet simulator, GetPreferredAllocation with every GPU available,
-  p50 and p99 over --grpc-calls calls per size, and the first call of a fresh agent.
+  p50 and p99 over --grpc-calls calls per size, and the first call of a fresh agent; and
+  GetDevicePluginOptions, which does no work, as the floor of the gRPC path on the machine.
 """
 
 from __future__ import annotations
@@ -162,9 +163,24 @@ def grpcio_preferred_latencies(socket_path: str, ids: list[str], calls: int) -> 
 
         out: dict[int, list[float]] = {}
         t0 = time.perf_counter()
-        response = preferred(request(2), timeout=5)
+        response = preferred(request(min(2, len(ids))), timeout=5)
         out[0] = [(time.perf_counter() - t0) * 1000]  # the first call of a fresh agent
-        assert len(response.container_responses[0].device_i_ds) == 2
+        assert len(response.container_responses[0].device_i_ds) == min(2, len(ids))
+        # The transport's floor on this machine: an RPC that does no work at all.
+        options = channel.unary_unary(
+            "/v1beta1.DevicePlugin/GetDevicePluginOptions",
+            request_serializer=lambda b: b,
+            response_deserializer=api.DevicePluginOptions().parse,
+        )
+        empty = bytes(api.Empty())
+        for _ in range(20):
+            options(empty, timeout=5)
+        floor = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            options(empty, timeout=5)
+            floor.append((time.perf_counter() - t0) * 1000)
+        out[-1] = floor
         for size in range(1, len(ids) + 1):
             message = request(size)
             for _ in range(20):  # warm-up
@@ -206,6 +222,10 @@ async def through_grpc(name: str, calls: int) -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
     print(f"\n## {name} through gRPC (grpcio client, agent process): first call {out[0][0]:.3f} ms")
+    floor = out[-1]
+    print(
+        f"GetDevicePluginOptions (no work, the transport floor): p50 {pct(floor, 50):.3f} ms, p99 {pct(floor, 99):.3f} ms"
+    )
     print("size   p50 ms   p99 ms   max ms")
     for size in range(1, len(ids) + 1):
         lat = out[size]
