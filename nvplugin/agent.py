@@ -80,7 +80,7 @@ class Agent:
         self._restart: anyio.Event | None = None
         self._restart_reason = ""
         self._kubelet_seen: anyio.Event | None = None
-        self._registered_kubelet_inode: int | None = None
+        self._registered_kubelet_inode: tuple[int, int] | None = None
         self._own_sockets: set[str] = set()
         self._probing = False
         self.config = config.with_changes(kubelet_socket=os.path.abspath(config.kubelet_socket))
@@ -229,11 +229,14 @@ class Agent:
 
     # --- helpers for the kubelet side
 
-    def _kubelet_inode(self) -> int | None:
+    def _kubelet_inode(self) -> tuple[int, int] | None:
+        """kubelet.sock's identity. The inode number alone is often reused by the kubelet's
+        re-created socket, so the creation time is part of it."""
         try:
-            return os.stat(self.config.kubelet_socket).st_ino
+            st = os.stat(self.config.kubelet_socket)
         except OSError:
             return None
+        return st.st_ino, st.st_ctime_ns
 
     async def _wait_for_kubelet_socket(self) -> None:
         announced = False
