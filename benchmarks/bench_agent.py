@@ -88,7 +88,7 @@ async def bench_start(args: argparse.Namespace, directory: Path) -> list[float]:
             try:
                 with anyio.move_on_after(30):
                     await kubelet.wait_for(
-                        lambda: kubelet.registrations or proc.poll() is not None, timeout=31
+                        lambda p=proc: kubelet.registrations or p.poll() is not None, timeout=31
                     )
                 if not kubelet.registrations:
                     stop(proc)
