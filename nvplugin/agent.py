@@ -83,6 +83,9 @@ class Agent:
         self._registered_kubelet_inode: tuple[int, int] | None = None
         self._own_sockets: set[str] = set()
         self._probing = False
+        # Set once the first generation has registered or begun waiting for the kubelet: the
+        # watcher's imports and thread wait for it, off the start -> Register path.
+        self._first_attempt: anyio.Event | None = None
         self.config = config.with_changes(kubelet_socket=os.path.abspath(config.kubelet_socket))
         # Set once every task has been started (tests and simulate wait on it).
         self.started: anyio.Event | None = None
@@ -160,6 +163,7 @@ class Agent:
     async def run(self) -> None:
         """Run until cancelled or stopped. Raises AgentError when it cannot start."""
         self.started = self.started or anyio.Event()
+        self._first_attempt = anyio.Event()
         inventory = await self._initialise()
         self.state.replace(inventory, build_resources(inventory, self.config))
         try:
@@ -241,6 +245,8 @@ class Agent:
     async def _wait_for_kubelet_socket(self) -> None:
         announced = False
         while self._kubelet_inode() is None:
+            if self._first_attempt is not None:
+                self._first_attempt.set()
             if not announced:
                 log.info("waiting for the kubelet socket %s", self.config.kubelet_socket)
                 announced = True
@@ -321,10 +327,16 @@ async def _serve_kubelet(agent: Agent) -> None:
 async def _register(agent: Agent, server: PluginServer) -> None:
     await register_with_retry(agent.config.kubelet_socket, server.socket_name, server.resource_name)
     agent.registered[server.resource_name] = True
+    if agent.ready and agent._first_attempt is not None:
+        agent._first_attempt.set()
 
 
 async def _watch_kubelet_dir(agent: Agent) -> None:
-    from watchfiles import Change, awatch  # imported here: not needed before the first await
+    # Not on the start -> Register path: the kubelet side checks the socket itself first.
+    if agent._first_attempt is not None:
+        with anyio.move_on_after(1.0):  # registration may be refused for long: watch anyway
+            await agent._first_attempt.wait()
+    from watchfiles import Change, awatch
 
     directory = agent.config.plugin_dir
     os.makedirs(directory, exist_ok=True)

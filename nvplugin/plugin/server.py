@@ -11,7 +11,6 @@ import contextlib
 import itertools
 import logging
 import os
-import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -42,7 +41,7 @@ _socket_counter = itertools.count()
 
 def fresh_socket_name(resource: Resource) -> str:
     """A socket name never used before by this process (nor, very likely, any other)."""
-    return f"nvplugin-{resource.short_name}-{os.getpid()}-{next(_socket_counter)}-{secrets.token_hex(3)}.sock"
+    return f"nvplugin-{resource.short_name}-{os.getpid()}-{next(_socket_counter)}-{os.urandom(3).hex()}.sock"
 
 
 def to_proto_allocation(allocation: ContainerAllocation) -> api.ContainerAllocateResponse:
