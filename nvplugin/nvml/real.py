@@ -9,8 +9,8 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -244,9 +244,7 @@ class _RealMig:
             uuid = _text(nvml._call("nvmlDeviceGetUUID", partial(p.nvmlDeviceGetUUID, mh)))
             gi = int(nvml._call("nvmlDeviceGetGpuInstanceId", partial(p.nvmlDeviceGetGpuInstanceId, mh)))
             ci = int(
-                nvml._call(
-                    "nvmlDeviceGetComputeInstanceId", partial(p.nvmlDeviceGetComputeInstanceId, mh)
-                )
+                nvml._call("nvmlDeviceGetComputeInstanceId", partial(p.nvmlDeviceGetComputeInstanceId, mh))
             )
             attrs = nvml._call("nvmlDeviceGetAttributes", partial(p.nvmlDeviceGetAttributes, mh))
             gi_handle = nvml._call(
