@@ -296,6 +296,6 @@ def test_unhealthy_gpu_refuses_its_replicas_and_mig_devices() -> None:
     inv = inventory("mig-mixed-2gpu")
     resources = {r.name: r for r in build_resources(inv, cfg)}
     shared = resources["nvidia.com/mig-1g.10gb"]
-    with pytest.raises(AllocationError, match="unhealthy devices .*XID 79"):
+    with pytest.raises(AllocationError, match=r"unhealthy devices .*XID 79"):
         check_request(shared, [f"{MIG_0_2}::1"], {inv.gpus[0].uuid: "XID 79"})
     assert len(check_request(shared, [f"{MIG_1_3}::1"], {inv.gpus[0].uuid: "XID 79"})) == 1

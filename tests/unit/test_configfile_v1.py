@@ -101,7 +101,8 @@ def test_nulls_mean_not_set() -> None:
         (["version", "v1"], "config.yaml: (top level): expected a mapping, got a list"),
         (
             {"version": "v1", "flag": {}},
-            "config.yaml: (top level): unknown key flag; expected some of version, flags, sharing, resources, imex, health",
+            "config.yaml: (top level): unknown key flag; expected some of version, flags, sharing, "
+            "resources, imex, health",
         ),
         (
             {"flags": {"migStrategy": "double"}},
@@ -136,7 +137,8 @@ def test_nulls_mean_not_set() -> None:
         ),
         (
             {"flags": {"gfd": {"sleepInterval": "soon"}}},
-            "config.yaml: flags.gfd.sleepInterval: expected a duration such as 60s, 1m30s or 500ms; got 'soon'",
+            "config.yaml: flags.gfd.sleepInterval: expected a duration such as 60s, 1m30s or 500ms; got "
+            "'soon'",
         ),
         (
             {"flags": {"gfd": {"sleepInterval": "0s"}}},
@@ -158,7 +160,8 @@ def test_nulls_mean_not_set() -> None:
         ),
         (
             {"sharing": {"mps": {"resources": [{"name": "nvidia.com/gpu", "replicas": 4}]}}},
-            "config.yaml: sharing.mps: MPS sharing is not supported by nvplugin; use sharing.timeSlicing or remove sharing.mps",
+            "config.yaml: sharing.mps: MPS sharing is not supported by nvplugin; use sharing.timeSlicing or "
+            "remove sharing.mps",
         ),
         (
             {"sharing": {"timeslicing": {}}},
@@ -180,7 +183,8 @@ def test_nulls_mean_not_set() -> None:
         ),
         (
             {"sharing": {"timeSlicing": {"resources": [{"name": "nvidia.com/gpu"}]}}},
-            "config.yaml: sharing.timeSlicing.resources[0].replicas: expected a whole number >= 2, got nothing",
+            "config.yaml: sharing.timeSlicing.resources[0].replicas: expected a whole number >= 2, got "
+            "nothing",
         ),
         (
             {"sharing": {"timeSlicing": {"resources": [{"name": "nvidia.com/gpu", "replicas": "4"}]}}},
@@ -188,16 +192,19 @@ def test_nulls_mean_not_set() -> None:
         ),
         (
             {"sharing": {"timeSlicing": {"resources": [{"replicas": 4}]}}},
-            "config.yaml: sharing.timeSlicing.resources[0].name: expected a resource name such as nvidia.com/gpu, got nothing",
+            "config.yaml: sharing.timeSlicing.resources[0].name: expected a resource name such as "
+            "nvidia.com/gpu, got nothing",
         ),
         (
             {"sharing": {"timeSlicing": {"resources": [{"name": "nvidia.com/GPU", "replicas": 4}]}}},
-            "config.yaml: sharing.timeSlicing.resources[0].name: expected a resource name such as nvidia.com/gpu "
+            "config.yaml: sharing.timeSlicing.resources[0].name: expected a resource name such as "
+            "nvidia.com/gpu "
             "(lower-case letters, digits, '-' and '.'), got 'nvidia.com/GPU'",
         ),
         (
             {"sharing": {"timeSlicing": {"resources": [{"name": "gpu-" + "x" * 60, "replicas": 4}]}}},
-            "config.yaml: sharing.timeSlicing.resources[0].name: expected a resource name of at most 63 characters",
+            "config.yaml: sharing.timeSlicing.resources[0].name: expected a resource name of at most 63 "
+            "characters",
         ),
         (
             {
@@ -210,7 +217,8 @@ def test_nulls_mean_not_set() -> None:
                     }
                 }
             },
-            "config.yaml: sharing.timeSlicing.resources[1].name: nvidia.com/gpu is listed more than once; expected it once",
+            "config.yaml: sharing.timeSlicing.resources[1].name: nvidia.com/gpu is listed more than once; "
+            "expected it once",
         ),
         (
             {
@@ -218,7 +226,8 @@ def test_nulls_mean_not_set() -> None:
                     "timeSlicing": {"resources": [{"name": "nvidia.com/gpu", "replicas": 2, "replica": 3}]}
                 }
             },
-            "config.yaml: sharing.timeSlicing.resources[0]: unknown key replica; expected some of name, replicas, rename, devices",
+            "config.yaml: sharing.timeSlicing.resources[0]: unknown key replica; expected some of name, "
+            "replicas, rename, devices",
         ),
         (
             {
@@ -228,7 +237,8 @@ def test_nulls_mean_not_set() -> None:
                     }
                 }
             },
-            "config.yaml: sharing.timeSlicing.resources[0].devices: expected \"all\", a device count or a list of devices, got 'some'",
+            'config.yaml: sharing.timeSlicing.resources[0].devices: expected "all", a device count or a '
+            "list of devices, got 'some'",
         ),
         (
             {
@@ -246,7 +256,8 @@ def test_nulls_mean_not_set() -> None:
                     }
                 }
             },
-            "config.yaml: sharing.timeSlicing.resources[0].devices[1]: expected a GPU index, a MIG index (0:1) "
+            "config.yaml: sharing.timeSlicing.resources[0].devices[1]: expected a GPU index, a MIG index "
+            "(0:1) "
             "or a GPU/MIG UUID, got 'GPU-x'",
         ),
         (
@@ -255,7 +266,8 @@ def test_nulls_mean_not_set() -> None:
         ),
         (
             {"imex": {"channelIDs": [0]}},
-            "config.yaml: imex: IMEX channels are not supported by nvplugin; expected no channelIDs and required: false",
+            "config.yaml: imex: IMEX channels are not supported by nvplugin; expected no channelIDs and "
+            "required: false",
         ),
     ],
 )
@@ -291,8 +303,10 @@ def test_ignored_nvidia_settings_are_reported() -> None:
         "shared resources (NVIDIA's plugin ignores rename too)",
         "config.yaml: sharing.timeSlicing.resources[0].devices is ignored: every device of nvidia.com/gpu "
         "is shared (NVIDIA's plugin ignores devices too)",
-        "config.yaml: resources is ignored: custom resource names are not supported (NVIDIA's plugin ignores them too)",
-        "config.yaml: health is ignored: nvplugin's health checks are configured with DP_DISABLE_HEALTHCHECKS "
+        "config.yaml: resources is ignored: custom resource names are not supported (NVIDIA's plugin "
+        "ignores them too)",
+        "config.yaml: health is ignored: nvplugin's health checks are configured with "
+        "DP_DISABLE_HEALTHCHECKS "
         "and DP_ENABLE_HEALTHCHECKS",
     )
 

@@ -141,7 +141,8 @@ def test_single_refuses_a_mig_gpu_without_mig_devices_mixed_warns() -> None:
     plan = plan_resources(inv, config(mig_strategy="mixed"))
     assert [d.id for d in plan.resources[0].devices] == [inv.gpus[0].uuid]
     assert plan.warnings == (
-        f"GPU 1 ({inv.gpus[1].uuid}) has MIG enabled but no MIG devices configured: nothing on it is advertised",
+        f"GPU 1 ({inv.gpus[1].uuid}) has MIG enabled but no MIG devices configured: nothing on it is "
+        f"advertised",
     )
 
 
@@ -164,7 +165,7 @@ def test_single_refuses_same_profile_with_different_attributes() -> None:
         ),
     )
     with pytest.raises(
-        MigConfigurationError, match="3:2 on GPU 3 .* is 1g.10gb .* with different attributes"
+        MigConfigurationError, match=r"3:2 on GPU 3 .* is 1g.10gb .* with different attributes"
     ):
         build_resources(inv, config(mig_strategy="single"))
 
@@ -176,7 +177,7 @@ def test_mixed_refuses_compute_instance_smaller_than_its_gpu_instance() -> None:
     gpu = inv.gpus[0]
     split = replace(gpu.mig_devices[1], profile="1c.2g.20gb", ci_slices=1)
     inv = replace(inv, gpus=(replace(gpu, mig_devices=(gpu.mig_devices[0], split)), inv.gpus[1]))
-    with pytest.raises(MigConfigurationError, match="MIG device 0:1 .* has profile 1c.2g.20gb"):
+    with pytest.raises(MigConfigurationError, match=r"MIG device 0:1 .* has profile 1c.2g.20gb"):
         build_resources(inv, config(mig_strategy="mixed"))
     # single takes it as long as every device is alike; none ignores MIG devices
     assert len(build_resources(inv, config(mig_strategy="none"))[0].devices) == 2
