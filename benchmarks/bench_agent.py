@@ -47,7 +47,10 @@ def agent_cmd(args: argparse.Namespace, socket: Path) -> list[str]:
 
 
 def spawn(args: argparse.Namespace, socket: Path, uvloop: bool = True) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     if not uvloop:
         env["NVPLUGIN_NO_UVLOOP"] = "1"
     return subprocess.Popen(
@@ -83,7 +86,13 @@ async def bench_start(args: argparse.Namespace, directory: Path) -> list[float]:
             started = time.monotonic()
             proc = spawn(args, directory / "kubelet.sock")
             try:
-                await kubelet.wait_for(lambda: kubelet.registrations, timeout=30, what="Register")
+                with anyio.move_on_after(30):
+                    await kubelet.wait_for(
+                        lambda p=proc: kubelet.registrations or p.poll() is not None, timeout=31
+                    )
+                if not kubelet.registrations:
+                    stop(proc)
+                    raise SystemExit(f"the agent did not register: {proc.stderr.read().decode()[-2000:]}")
                 times.append((kubelet.registrations[0].at - started) * 1000)
                 await kubelet.wait_registered(RESOURCE, timeout=30)
             finally:

@@ -45,16 +45,10 @@ from nvplugin.nvml.discovery import discover  # noqa: E402
 from nvplugin.nvml.fake import FakeNvml, load_layout  # noqa: E402
 from nvplugin.nvml.topology import read_topology  # noqa: E402
 from nvplugin.testing.kubelet import KubeletSimulator  # noqa: E402
-from nvplugin.testing.layouts import LAYOUTS, layout_path  # noqa: E402
+from nvplugin.testing.layouts import LAYOUTS, TOPOLOGY_LAYOUTS, layout_path  # noqa: E402
 
 RESOURCE = "nvidia.com/gpu"
-DEFAULT_LAYOUTS = (
-    "dgx1-v100-cube-mesh",
-    "hgx-h100-nvswitch",
-    "pcie-2socket-8gpu",
-    "dgx2-v100-nvswitch",
-    "workstation-2gpu-nvlink",
-)
+DEFAULT_LAYOUTS = TOPOLOGY_LAYOUTS
 
 
 def pct(values: list[float], q: float) -> float:

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import TaskGroup
 
-from nvplugin.core.config import Config
+from nvplugin.core.config import Config, ConfigError
 from nvplugin.core.inventory import EMPTY_INVENTORY, Inventory
-from nvplugin.core.resources import build_resources
+from nvplugin.core.resources import Resource, plan_resources
+from nvplugin.devicenodes import existing_control_nodes
 from nvplugin.nvml.base import LIBRARY_HINT, Nvml, NvmlError, NvmlLibraryNotFound
 from nvplugin.nvml.discovery import discover
 from nvplugin.plugin.registration import register_with_retry
@@ -73,6 +74,8 @@ class Agent:
         self.servers: list[PluginServer] = []
         self.generation = 0
         self.nvml_ready = False
+        # NVIDIA's control device nodes present on this node (for PASS_DEVICE_SPECS).
+        self.control_nodes: frozenset[str] | None = None
         self._config_loader = config_loader
         self._handle_signals = handle_signals
         self._extra_tasks: list[tuple[str, TaskFactory]] = []
@@ -80,9 +83,12 @@ class Agent:
         self._restart: anyio.Event | None = None
         self._restart_reason = ""
         self._kubelet_seen: anyio.Event | None = None
-        self._registered_kubelet_inode: int | None = None
+        self._registered_kubelet_inode: tuple[int, int] | None = None
         self._own_sockets: set[str] = set()
         self._probing = False
+        # Set once the first generation has registered or begun waiting for the kubelet: the
+        # watcher's imports and thread wait for it, off the start -> Register path.
+        self._first_attempt: anyio.Event | None = None
         self.config = config.with_changes(kubelet_socket=os.path.abspath(config.kubelet_socket))
         # Set once every task has been started (tests and simulate wait on it).
         self.started: anyio.Event | None = None
@@ -160,8 +166,14 @@ class Agent:
     async def run(self) -> None:
         """Run until cancelled or stopped. Raises AgentError when it cannot start."""
         self.started = self.started or anyio.Event()
+        self._first_attempt = anyio.Event()
         inventory = await self._initialise()
-        self.state.replace(inventory, build_resources(inventory, self.config))
+        try:
+            resources = self._plan(inventory, self.config)
+        except ConfigError as exc:
+            raise AgentError(f"cannot advertise the GPUs with this configuration: {exc}") from None
+        self.control_nodes = await anyio.to_thread.run_sync(existing_control_nodes)
+        self.state.replace(inventory, resources)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -178,6 +190,13 @@ class Agent:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(0.3):
                     await anyio.to_thread.run_sync(_quiet_shutdown, self.nvml, abandon_on_cancel=True)
             log.info("agent stopped")
+
+    @staticmethod
+    def _plan(inventory: Inventory, config: Config) -> tuple[Resource, ...]:
+        plan = plan_resources(inventory, config)
+        for warning in plan.warnings:
+            log.warning("%s", warning)
+        return plan.resources
 
     async def _supervise(self, name: str, factory: TaskFactory) -> None:
         """Keep a long-lived task alive: log every unexpected end and start it again with backoff."""
@@ -218,26 +237,32 @@ class Agent:
             inventory = (
                 await anyio.to_thread.run_sync(discover, self.nvml) if self.nvml_ready else EMPTY_INVENTORY
             )
-            resources = build_resources(inventory, config)
+            resources = self._plan(inventory, config)
         except Exception as exc:
             log.error("reload: keeping the running configuration: %s", exc)
             return False
         self.config = config
         self.state.replace(inventory, resources)
+        log.info("reload: %d resource(s): %s", len(resources), ", ".join(r.name for r in resources))
         self.request_restart("configuration reloaded")
         return True
 
     # --- helpers for the kubelet side
 
-    def _kubelet_inode(self) -> int | None:
+    def _kubelet_inode(self) -> tuple[int, int] | None:
+        """kubelet.sock's identity. The inode number alone is often reused by the kubelet's
+        re-created socket, so the creation time is part of it."""
         try:
-            return os.stat(self.config.kubelet_socket).st_ino
+            st = os.stat(self.config.kubelet_socket)
         except OSError:
             return None
+        return st.st_ino, st.st_ctime_ns
 
     async def _wait_for_kubelet_socket(self) -> None:
         announced = False
         while self._kubelet_inode() is None:
+            if self._first_attempt is not None:
+                self._first_attempt.set()
             if not announced:
                 log.info("waiting for the kubelet socket %s", self.config.kubelet_socket)
                 announced = True
@@ -290,7 +315,9 @@ async def _serve_kubelet(agent: Agent) -> None:
         agent._restart = anyio.Event()
         await agent._wait_for_kubelet_socket()
         agent.generation += 1
-        servers = [PluginServer(r, agent.state, agent.config) for r in agent.state.resources]
+        servers = [
+            PluginServer(r, agent.state, agent.config, agent.control_nodes) for r in agent.state.resources
+        ]
         for server in servers:
             server.servicer.on_stream_lost = agent.on_stream_lost
         agent.servers = servers
@@ -318,10 +345,16 @@ async def _serve_kubelet(agent: Agent) -> None:
 async def _register(agent: Agent, server: PluginServer) -> None:
     await register_with_retry(agent.config.kubelet_socket, server.socket_name, server.resource_name)
     agent.registered[server.resource_name] = True
+    if agent.ready and agent._first_attempt is not None:
+        agent._first_attempt.set()
 
 
 async def _watch_kubelet_dir(agent: Agent) -> None:
-    from watchfiles import Change, awatch  # imported here: not needed before the first await
+    # Not on the start -> Register path: the kubelet side checks the socket itself first.
+    if agent._first_attempt is not None:
+        with anyio.move_on_after(1.0):  # registration may be refused for long: watch anyway
+            await agent._first_attempt.wait()
+    from watchfiles import Change, awatch
 
     directory = agent.config.plugin_dir
     os.makedirs(directory, exist_ok=True)

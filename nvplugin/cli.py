@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from nvplugin import __version__
-from nvplugin.core.config import OPTIONS, Config, ConfigError, resolve
+from nvplugin.core.config import OPTIONS, Config, ConfigError
 
 log = logging.getLogger("nvplugin")
 
@@ -45,9 +45,16 @@ def add_logging_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None) -> Config:
-    flags = {o.field: getattr(args, o.field, None) for o in OPTIONS}
-    return resolve(flags, os.environ if env is None else env)
+def flags_from_args(args: argparse.Namespace) -> dict[str, object]:
+    return {o.field: getattr(args, o.field, None) for o in OPTIONS}
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[Config, tuple[str, ...]]:
+    """The effective config (flags > env > config file) and the config file's warnings."""
+    from nvplugin.configload import load
+
+    loaded = load(flags_from_args(args), os.environ)
+    return loaded.config, loaded.warnings
 
 
 def setup_logging(level: str) -> None:
@@ -104,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_command_modules() -> list[Any]:
-    """Subcommands that live in their own modules (nvplugin.commands.*)."""
-    return []
+    """Subcommands that live in their own modules (nvplugin.commands.*): each has
+    add_parser(subparsers), which sets `run(args) -> int` as the parser's default."""
+    from nvplugin.commands import check_config
+
+    return [check_config]
 
 
 def _run_async(fn: Callable[[], object]) -> object:
@@ -124,9 +134,12 @@ def _run_async(fn: Callable[[], object]) -> object:
 
 def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     from nvplugin.agent import Agent, AgentError
+    from nvplugin.configload import load_config
     from nvplugin.nvml import open_backend
 
-    agent = Agent(config, open_backend(config))
+    flags = flags_from_args(args)
+    # SIGHUP re-reads the environment and the config file; the flags stay as given.
+    agent = Agent(config, open_backend(config), config_loader=lambda: load_config(flags, os.environ))
     try:
         _run_async(agent.run)
     except AgentError as exc:
@@ -147,8 +160,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command is None:
         parser.print_help(sys.stderr)
         sys.exit(EXIT_USAGE)
+    if not hasattr(args, "handler"):  # a self-contained tool command (check-config, ...)
+        setup_logging(getattr(args, "log_level", "warning"))
+        sys.exit(args.run(args))
     try:
-        config = config_from_args(args)
+        config, warnings = config_from_args(args)
         if args.command == "simulate":
             config = _simulate_config(args, config)
     except ConfigError as exc:
@@ -156,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"Run 'nvplugin {args.command} --help' for the accepted values.", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     setup_logging(args.log_level)
+    for warning in warnings:
+        log.warning("config file: %s", warning)
     try:
         code = args.handler(args, config)
     except _usage_errors() as exc:

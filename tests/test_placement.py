@@ -16,7 +16,7 @@ from nvplugin.core.resources import AdvertisedDevice, Resource, build_resources
 from nvplugin.core.topology import PcieLevel, Topology
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.fake import FakeNvml, load_layout
-from nvplugin.testing.layouts import LAYOUTS, layout_path
+from nvplugin.testing.layouts import TOPOLOGY_LAYOUTS, layout_path
 
 
 @cache
@@ -91,7 +91,7 @@ def check(name: str, available: list[str], must: list[str], size: int, unhealthy
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.mark.parametrize("name", [n for n in LAYOUTS if len(node(n)[0]) <= 8])
+@pytest.mark.parametrize("name", [n for n in TOPOLOGY_LAYOUTS if len(node(n)[0]) <= 8])
 @FAST
 @given(data=st.data())
 def test_small_nodes_answer_the_exhaustive_optimum(name: str, data: st.DataObject) -> None:
@@ -111,7 +111,7 @@ def test_sixteen_gpu_node_answers_the_exhaustive_optimum(data: st.DataObject) ->
     check(name, available, must, size, unhealthy)
 
 
-@pytest.mark.parametrize("name", sorted(LAYOUTS))
+@pytest.mark.parametrize("name", TOPOLOGY_LAYOUTS)
 def test_every_size_with_everything_available(name: str) -> None:
     topology, _ = node(name)
     for size in range(len(topology) + 2):
