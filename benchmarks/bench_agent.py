@@ -42,8 +42,8 @@ def pct(values: list[float], q: float) -> float:
 def agent_cmd(args: argparse.Namespace, socket: Path) -> list[str]:
     cmd = [sys.executable, "-m", "nvplugin", "run", "--kubelet-socket", str(socket), "--log-level", "warning"]
     if not args.real:
-        cmd += ["--fake-gpus", str(args.gpus)]
-    return cmd
+        cmd += ["--fake-gpus", args.layout or str(args.gpus)]
+    return cmd + args.agent_args
 
 
 def spawn(args: argparse.Namespace, socket: Path, uvloop: bool = True) -> subprocess.Popen[bytes]:
@@ -94,7 +94,7 @@ async def bench_start(args: argparse.Namespace, directory: Path) -> list[float]:
                     stop(proc)
                     raise SystemExit(f"the agent did not register: {proc.stderr.read().decode()[-2000:]}")
                 times.append((kubelet.registrations[0].at - started) * 1000)
-                await kubelet.wait_registered(RESOURCE, timeout=30)
+                await kubelet.wait_registered(args.resource, timeout=30)
             finally:
                 stop(proc)
     return times
@@ -126,7 +126,7 @@ async def bench_allocate(args: argparse.Namespace, directory: Path, uvloop: bool
     async with KubeletSimulator(directory) as kubelet:
         proc = spawn(args, directory / "kubelet.sock", uvloop=uvloop)
         try:
-            plugin = await kubelet.wait_registered(RESOURCE, timeout=30)
+            plugin = await kubelet.wait_registered(args.resource, timeout=30)
             socket_path = str(directory / plugin.endpoint)
             ids = list(plugin.devices)[:1]
             return await anyio.to_thread.run_sync(grpcio_allocate_latencies, socket_path, ids, args.calls)
@@ -138,12 +138,12 @@ async def bench_restarts_rss_idle(args: argparse.Namespace, directory: Path) -> 
     async with KubeletSimulator(directory) as kubelet:
         proc = spawn(args, directory / "kubelet.sock")
         try:
-            await kubelet.wait_registered(RESOURCE, timeout=30)
+            await kubelet.wait_registered(args.resource, timeout=30)
             latencies = []
             for n in range(2, args.restarts + 2):
                 t0 = time.monotonic()
                 await kubelet.restart()
-                await kubelet.wait_registered(RESOURCE, count=n, timeout=10)
+                await kubelet.wait_registered(args.resource, count=n, timeout=10)
                 reg = [r for r in kubelet.registrations if r.accepted][-1]
                 latencies.append((reg.at - t0) * 1000)
             # Idle: nothing happens; the agent should not wake up.
@@ -173,7 +173,9 @@ def uvloop_installed() -> bool:
 
 async def main(args: argparse.Namespace) -> None:
     machine = f"{platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()})"
-    backend = "real NVML" if args.real else f"{args.gpus} fake GPUs"
+    backend = "real NVML" if args.real else (args.layout or f"{args.gpus} fake GPUs")
+    if args.agent_args:
+        backend += " " + " ".join(args.agent_args)
     print(f"# bench_agent on {machine}, {backend}, {time.strftime('%Y-%m-%d %H:%M')}")
     with tempfile.TemporaryDirectory(prefix="nvpb-", dir="/tmp") as tmp:
         directory = Path(tmp)
@@ -210,4 +212,7 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--restarts", type=int, default=100)
     parser.add_argument("--idle", type=float, default=30.0)
+    parser.add_argument("--layout", help="a fake GPU layout file instead of --gpus")
+    parser.add_argument("--resource", default=RESOURCE, help="the resource to allocate from")
+    parser.add_argument("agent_args", nargs="*", help="more flags for the agent (after --)")
     anyio.run(main, parser.parse_args())

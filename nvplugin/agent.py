@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskGroup
@@ -49,11 +48,6 @@ class AgentError(Exception):
     """The agent cannot start; the message says what to check. Exit code 1."""
 
 
-@dataclass(frozen=True, slots=True)
-class Restart:
-    reason: str
-
-
 TaskFactory = Callable[["Agent"], Awaitable[None]]
 ConfigLoader = Callable[[], Config]
 
@@ -67,7 +61,7 @@ class Agent:
         config_loader: ConfigLoader | None = None,
         handle_signals: bool = True,
     ) -> None:
-        self.config = config
+        self.config = config.with_changes(kubelet_socket=os.path.abspath(config.kubelet_socket))
         self.nvml = nvml
         self.state = NodeState(EMPTY_INVENTORY, ())
         self.registered: dict[str, bool] = {}
@@ -89,7 +83,6 @@ class Agent:
         # Set once the first generation has registered or begun waiting for the kubelet: the
         # watcher's imports and thread wait for it, off the start -> Register path.
         self._first_attempt: anyio.Event | None = None
-        self.config = config.with_changes(kubelet_socket=os.path.abspath(config.kubelet_socket))
         # Set once every task has been started (tests and simulate wait on it).
         self.started: anyio.Event | None = None
 
