@@ -6,6 +6,7 @@ error paths never pay for it. Device handles are looked up once per index and ca
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -169,12 +170,15 @@ class RealNvml:
         remote cannot be described is still counted (kind unknown, bus id empty)."""
         pynvml = self._pynvml
         h = self._handle(index)
+        # Older nvidia-ml-py releases lack the remote-type query: classify by bus id then.
+        remote_type = getattr(pynvml, "nvmlDeviceGetNvLinkRemoteDeviceType", None)
+        npu = getattr(pynvml, "NVML_NVLINK_DEVICE_TYPE_IBMNPU", 1)
         kinds = {
-            pynvml.NVML_NVLINK_DEVICE_TYPE_GPU: NVLINK_REMOTE_GPU,
-            pynvml.NVML_NVLINK_DEVICE_TYPE_SWITCH: NVLINK_REMOTE_SWITCH,
+            getattr(pynvml, "NVML_NVLINK_DEVICE_TYPE_GPU", 0): NVLINK_REMOTE_GPU,
+            getattr(pynvml, "NVML_NVLINK_DEVICE_TYPE_SWITCH", 2): NVLINK_REMOTE_SWITCH,
         }
         remotes: list[NvLinkRemote] = []
-        for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
+        for link in range(getattr(pynvml, "NVML_NVLINK_MAX_LINKS", 18)):
             try:
                 active = self._call(
                     "nvmlDeviceGetNvLinkState", partial(pynvml.nvmlDeviceGetNvLinkState, h, link)
@@ -191,14 +195,14 @@ class RealNvml:
                 continue
             if active != pynvml.NVML_FEATURE_ENABLED:
                 continue
-            try:
-                raw_kind = self._call(
-                    "nvmlDeviceGetNvLinkRemoteDeviceType",
-                    partial(pynvml.nvmlDeviceGetNvLinkRemoteDeviceType, h, link),
-                )
-            except NvmlError:
-                raw_kind = None  # older drivers: classify by bus id instead
-            if raw_kind == pynvml.NVML_NVLINK_DEVICE_TYPE_IBMNPU:
+            raw_kind = None
+            if remote_type is not None:
+                # Older drivers: NotSupported, and the bus id decides instead.
+                with contextlib.suppress(NvmlError):
+                    raw_kind = self._call(
+                        "nvmlDeviceGetNvLinkRemoteDeviceType", partial(remote_type, h, link)
+                    )
+            if raw_kind == npu:
                 continue  # a link to the CPU, not to another GPU
             try:
                 info = self._call(

@@ -22,7 +22,6 @@ from nvplugin.nvml.base import (
     NVLINK_REMOTE_GPU,
     NVLINK_REMOTE_SWITCH,
     Nvml,
-    NvmlError,
     normalize_bus_id,
 )
 
@@ -39,7 +38,7 @@ def read_topology(nvml: Nvml, inventory: Inventory) -> Topology:
     for i, gpu in enumerate(gpus):
         try:
             remotes = nvml.device_nvlink_remotes(gpu.index)
-        except NvmlError as exc:
+        except Exception as exc:  # NvmlError, or an old nvidia-ml-py: never fail discovery
             problems.append(f"GPU {gpu.index} ({gpu.uuid}): NVLinks unknown, treated as none: {exc}")
             continue
         for remote in remotes:
@@ -68,7 +67,7 @@ def read_topology(nvml: Nvml, inventory: Inventory) -> Topology:
             try:
                 raw = nvml.device_topology_common_ancestor(gpus[i].index, gpus[j].index)
                 level = PcieLevel.from_nvml(raw)
-            except NvmlError as exc:
+            except Exception as exc:  # NvmlError, or an old nvidia-ml-py: never fail discovery
                 level = PcieLevel.SYSTEM
                 problems.append(
                     f"GPUs {gpus[i].index} and {gpus[j].index}: PCIe relationship unknown, "
