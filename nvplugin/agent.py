@@ -12,6 +12,7 @@ Blocking NVML calls run in worker threads; nothing on the loop waits on the driv
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -167,6 +168,10 @@ class Agent:
             raise AgentError(f"cannot advertise the GPUs with this configuration: {exc}") from None
         self.control_nodes = await anyio.to_thread.run_sync(existing_control_nodes)
         self.state.replace(inventory, resources)
+        # Everything allocated so far (modules, inventory) lives as long as the process: keep it
+        # out of the collector's way, so a full collection never lands inside an RPC.
+        gc.collect()
+        gc.freeze()
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
