@@ -357,3 +357,34 @@ def test_feature_file_format() -> None:
 def test_sanitised_products_are_valid_label_values(name: str) -> None:
     product = L.product_name([name], shared=False)
     assert all(c.isascii() and (c.isalnum() or c in "-_.") for c in product)
+
+
+# --- the diff the reconciler sends
+
+
+def test_diff_sets_changed_and_deletes_only_owned_keys() -> None:
+    actual = {
+        "nvidia.com/gpu.product": "OLD",
+        "nvidia.com/gpu.count": "8",
+        "nvidia.com/gpu.family": "hopper",  # ours, no longer wanted
+        "nvidia.com/device-plugin.config": "a",  # the user's
+        "kubernetes.io/hostname": "n1",
+    }
+    desired = {"nvidia.com/gpu.product": "NEW", "nvidia.com/gpu.count": "8", "nvidia.com/gpu.memory": "1"}
+    assert L.label_diff(desired, actual) == {
+        "nvidia.com/gpu.product": "NEW",
+        "nvidia.com/gpu.memory": "1",
+        "nvidia.com/gpu.family": None,
+    }
+
+
+def test_diff_timestamp_only_with_other_changes_or_when_missing() -> None:
+    desired = {"nvidia.com/gpu.count": "1"}
+    steady = {"nvidia.com/gpu.count": "1", L.TIMESTAMP_LABEL: "100"}
+    assert L.label_diff(desired, steady, timestamp="200") == {}
+    assert L.label_diff(desired, {"nvidia.com/gpu.count": "1"}, timestamp="200") == {L.TIMESTAMP_LABEL: "200"}
+    changed = {"nvidia.com/gpu.count": "2", L.TIMESTAMP_LABEL: "100"}
+    assert L.label_diff(desired, changed, timestamp="200") == {"nvidia.com/gpu.count": "1", L.TIMESTAMP_LABEL: "200"}
+    # disabled: an old timestamp label is removed, none is written
+    assert L.label_diff(desired, steady) == {L.TIMESTAMP_LABEL: None}
+    assert L.label_diff({}, {}) == {}

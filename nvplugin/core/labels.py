@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -387,3 +387,29 @@ def valid_only(labels: Mapping[str, str]) -> tuple[Labels, list[str]]:
 def feature_file(labels: Mapping[str, str]) -> str:
     """NFD's features.d format: one `key=value` per line, sorted."""
     return "".join(f"{k}={v}\n" for k, v in sorted(labels.items()))
+
+
+def label_diff(
+    desired: Mapping[str, str],
+    actual: Mapping[str, str],
+    *,
+    timestamp: str | None = None,
+    owned: Callable[[str], bool] = is_owned_key,
+) -> dict[str, str | None]:
+    """The JSON merge patch of metadata.labels that makes `actual` carry `desired`: changed or
+    missing keys with their value, owned keys no longer desired with None (delete). Keys not
+    owned are never deleted. The timestamp is not compared: it is written (as `timestamp`) only
+    when something else changes or when it is missing, so a steady node sees no writes; with
+    `timestamp` None an existing timestamp label is removed."""
+    changes: dict[str, str | None] = {
+        k: v for k, v in desired.items() if k != TIMESTAMP_LABEL and actual.get(k) != v
+    }
+    for key in actual:
+        if key not in desired and key != TIMESTAMP_LABEL and owned(key):
+            changes[key] = None
+    if timestamp is None:
+        if TIMESTAMP_LABEL in actual:
+            changes[TIMESTAMP_LABEL] = None
+    elif changes or TIMESTAMP_LABEL not in actual:
+        changes[TIMESTAMP_LABEL] = timestamp
+    return changes
