@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from nvplugin.core.labels import TIMESTAMP_LABEL
+from nvplugin.k8s.client import NodeApi
 from nvplugin.k8s.reconciler import Backoff, NodeLabelReconciler, run_reconciler
 from nvplugin.testing.apiserver import Fault, FakeApiServer
 
@@ -198,12 +199,18 @@ async def test_500_and_409_are_retried(api: FakeApiServer, tmp_path: Path) -> No
 
 
 async def test_hung_request_times_out_and_retries(api: FakeApiServer, tmp_path: Path) -> None:
-    # the first watch hangs before answering; the client's read timeout gives up on it
-    api.inject(Fault("watch", None, times=1, node=NODE, delay=30))
-    async with Running(api, tmp_path, watch_timeout=(1, 1)) as rec:
+    kubeconfig = str(api.write_kubeconfig(tmp_path / "kubeconfig"))
+    # the first patch hangs (the server never answers in time): abandoned, then retried
+    api.inject(Fault("patch", None, times=1, node=NODE, delay=30))
+    started = time.monotonic()
+    async with Running(
+        api, tmp_path, connect=lambda: NodeApi.connect(kubeconfig, request_timeout=0.5)
+    ) as rec:
         await asyncio.wait_for(rec.wait_synced(), 5)
-        # labels were applied although the watch is stuck
-        assert api.labels(NODE)["nvidia.com/gpu.count"] == "8"
+        assert 0.5 <= time.monotonic() - started < 3
+        assert rec.stats.failed_patches == 1
+        assert "TimeoutError" in (rec.stats.last_error or "")
+        assert api.count("patch", NODE) == 2
 
 
 async def test_missing_node_is_reported_and_retried(api: FakeApiServer, tmp_path: Path) -> None:

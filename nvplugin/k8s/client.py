@@ -58,16 +58,21 @@ async def _error(call: str, response: Any) -> ApiError:
 class NodeApi:
     """Node get/list/watch/patch and Event create/patch for one agent."""
 
-    def __init__(self, api_client: Any, own_client: bool = True) -> None:
+    def __init__(self, api_client: Any, own_client: bool = True, request_timeout: float = 30.0) -> None:
         from kubernetes_asyncio import client
 
+        # Every request but a watch is abandoned after this long (a hung API server must not
+        # stall the labels forever).
+        self.request_timeout = request_timeout
         self._api_client = api_client
         self._core = client.CoreV1Api(api_client)
         self._own_client = own_client
         self.requests = 0
 
     @classmethod
-    async def connect(cls, kubeconfig: str | None = None, *, pool_size: int = 4) -> NodeApi:
+    async def connect(
+        cls, kubeconfig: str | None = None, *, pool_size: int = 4, request_timeout: float = 30.0
+    ) -> NodeApi:
         """In-cluster config when running in a pod (KUBERNETES_SERVICE_HOST is set) and no
         kubeconfig is named; else the kubeconfig (the named file, $KUBECONFIG or
         ~/.kube/config). Raises ApiError(0, ...) with the loader's reason when neither works."""
@@ -89,7 +94,7 @@ class NodeApi:
                 f"no in-cluster service account and no usable kubeconfig at {where}: {exc}",
             ) from None
         configuration.connection_pool_maxsize = pool_size
-        return cls(client.ApiClient(configuration))
+        return cls(client.ApiClient(configuration), request_timeout=request_timeout)
 
     async def close(self) -> None:
         if self._own_client:
@@ -119,13 +124,13 @@ class NodeApi:
         finally:
             response.release()
 
-    async def list_node(self, name: str, timeout: float = 30.0) -> tuple[dict[str, Any] | None, str]:
+    async def list_node(self, name: str) -> tuple[dict[str, Any] | None, str]:
         """The Node (None when it does not exist) and the list's resourceVersion."""
         body = await self._json(
             "list node",
             self._core.list_node,
             field_selector=f"metadata.name={name}",
-            _request_timeout=timeout,
+            _request_timeout=self.request_timeout,
         )
         items = body.get("items") or []
         return (items[0] if items else None), str(body.get("metadata", {}).get("resourceVersion", ""))
@@ -176,7 +181,7 @@ class NodeApi:
             name,
             {"metadata": {"labels": dict(changes)}},
             _content_type=MERGE_PATCH,
-            _request_timeout=30.0,
+            _request_timeout=self.request_timeout,
         )
         return result
 
@@ -186,7 +191,7 @@ class NodeApi:
             self._core.create_namespaced_event,
             namespace,
             dict(event),
-            _request_timeout=30.0,
+            _request_timeout=self.request_timeout,
         )
         return result
 
@@ -198,6 +203,6 @@ class NodeApi:
             namespace,
             dict(patch),
             _content_type=MERGE_PATCH,
-            _request_timeout=30.0,
+            _request_timeout=self.request_timeout,
         )
         return result
