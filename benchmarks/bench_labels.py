@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -42,7 +41,9 @@ from nvplugin.testing.apiserver import FakeApiServer  # noqa: E402
 
 def desired_labels() -> dict[str, str]:
     gpus = tuple(
-        Gpu(i, f"GPU-{i:08d}-0000-0000-0000-000000000000", i, "NVIDIA H100 80GB HBM3", 81559 << 20, (9, 0), "")
+        Gpu(
+            i, f"GPU-{i:08d}-0000-0000-0000-000000000000", i, "NVIDIA H100 80GB HBM3", 81559 << 20, (9, 0), ""
+        )
         for i in range(8)
     )
     inv = Inventory(gpus=gpus, driver_version="580.159.04", cuda_driver_version=13000)
@@ -50,8 +51,8 @@ def desired_labels() -> dict[str, str]:
     return node_labels(inv, build_resources(inv, Config()), Config(), facts)
 
 
-async def wait_until(check, timeout: float, step: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
+async def wait_until(check, within: float, step: float = 0.005) -> bool:
+    deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:
             return False
@@ -86,7 +87,9 @@ async def scale(args: argparse.Namespace) -> dict[str, object]:
         # sessions would measure this process, not the API traffic each node causes. Every
         # node still has its own watch connection and its own requests.
         configuration = client.Configuration()
-        await config.load_kube_config(str(kubeconfig), client_configuration=configuration, persist_config=False)
+        await config.load_kube_config(
+            str(kubeconfig), client_configuration=configuration, persist_config=False
+        )
         configuration.connection_pool_maxsize = args.nodes * 2 + 10
         shared = client.ApiClient(configuration)
 
@@ -94,7 +97,8 @@ async def scale(args: argparse.Namespace) -> dict[str, object]:
             return NodeApi(shared, own_client=False)
 
         reconcilers = [
-            NodeLabelReconciler(name, desired, connect=connect, rng=random.Random(i)) for i, name in enumerate(names)
+            NodeLabelReconciler(name, desired, connect=connect, rng=random.Random(i))
+            for i, name in enumerate(names)
         ]
         started = time.monotonic()
         tasks = [asyncio.create_task(r.run()) for r in reconcilers]
@@ -141,7 +145,9 @@ async def scale(args: argparse.Namespace) -> dict[str, object]:
         for name in random.Random(3).sample(names, min(args.repairs, args.nodes)):
             api.set_labels(name, {key: "tampered"})
             t0 = time.monotonic()
-            if not await wait_until(lambda n=name: api.nodes[n]["metadata"]["labels"].get(key) == desired[key], 5, 0.001):
+            if not await wait_until(
+                lambda n=name: api.nodes[n]["metadata"]["labels"].get(key) == desired[key], 5, 0.001
+            ):
                 raise SystemExit(f"{name}: tampered label not repaired within 5 s")
             latencies.append(time.monotonic() - t0)
         latencies.sort()
@@ -218,7 +224,9 @@ async def rss(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--steady", type=float, default=10.0, help="steady-state window in seconds")
     parser.add_argument("--repairs", type=int, default=50, help="single-node repairs to time")

@@ -26,7 +26,9 @@ def read_machine_type(path: str = DMI_PRODUCT_NAME) -> str:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read().strip() or MACHINE_UNKNOWN
     except OSError as exc:
-        log.warning("machine type: cannot read %s (%s); labelling gpu.machine=unknown", path, exc.strerror or exc)
+        log.warning(
+            "machine type: cannot read %s (%s); labelling gpu.machine=unknown", path, exc.strerror or exc
+        )
         return MACHINE_UNKNOWN
 
 
@@ -91,7 +93,10 @@ def _mig_mode_query(nvml: Nvml) -> Callable[[int], bool] | None:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
         except pynvml.NVMLError as exc:
-            if getattr(exc, "value", None) in (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
+            if getattr(exc, "value", None) in (
+                pynvml.NVML_ERROR_NOT_SUPPORTED,
+                pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+            ):
                 raise NvmlNotSupported("nvmlDeviceGetMigMode", str(exc)) from None
             raise NvmlError("nvmlDeviceGetMigMode", str(exc), getattr(exc, "value", None)) from None
         return bool(current)

@@ -20,7 +20,7 @@ from nvplugin.k8s.nodeconfig import (
     parse_fallbacks,
 )
 from nvplugin.k8s.reconciler import Backoff, NodeLabelReconciler
-from nvplugin.testing.apiserver import Fault, FakeApiServer
+from nvplugin.testing.apiserver import FakeApiServer, Fault
 
 NODE = "gpu-node-1"
 UUID = "GPU-cf556fce-0000-0000-0000-000000000000"
@@ -38,8 +38,8 @@ async def api() -> AsyncIterator[FakeApiServer]:
         yield server
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
@@ -56,7 +56,9 @@ def events_of(api: FakeApiServer) -> list[dict]:
 @pytest.mark.anyio
 async def test_health_events_created_aggregated_and_rate_limited(api: FakeApiServer, tmp_path: Path) -> None:
     client = await NodeApi.connect(str(api.write_kubeconfig(tmp_path / "kc")))
-    publisher = NodeEventPublisher(NODE, lambda: client, node_uid=lambda: "uid-1", burst=3, refill_seconds=3600)
+    publisher = NodeEventPublisher(
+        NODE, lambda: client, node_uid=lambda: "uid-1", burst=3, refill_seconds=3600
+    )
     task = asyncio.create_task(publisher.run())
     try:
         publisher.publish_health_event(UUID, 79, "GPU has fallen off the bus", healthy=False)
@@ -115,7 +117,7 @@ async def test_event_queue_is_bounded() -> None:
 
 def test_choose_config_rules() -> None:
     assert choose_config("a", ["a", "b"]) == "a"
-    with pytest.raises(ConfigSelectionError, match="names no config .* available: a, b"):
+    with pytest.raises(ConfigSelectionError, match=r"names no config .* available: a, b"):
         choose_config("zzz", ["a", "b"])
     assert choose_config("", ["a", "default"]) == "default"  # named fallback
     assert choose_config("", ["only"]) == "only"  # single fallback

@@ -15,9 +15,8 @@ import pytest
 from nvplugin.core.labels import TIMESTAMP_LABEL
 from nvplugin.k8s.client import NodeApi
 from nvplugin.k8s.reconciler import Backoff, NodeLabelReconciler, run_reconciler
-from nvplugin.testing.apiserver import Fault, FakeApiServer
+from nvplugin.testing.apiserver import FakeApiServer, Fault
 
-pytestmark = pytest.mark.anyio
 
 NODE = "gpu-node-1"
 DESIRED = {
@@ -42,8 +41,8 @@ async def api(tmp_path: Path) -> AsyncIterator[FakeApiServer]:
         yield server
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
@@ -72,6 +71,7 @@ class Running:
             await self.task
 
 
+@pytest.mark.anyio
 async def test_labels_applied_on_start_with_one_patch(api: FakeApiServer, tmp_path: Path) -> None:
     async with Running(api, tmp_path) as rec:
         await asyncio.wait_for(rec.wait_synced(), 5)
@@ -85,6 +85,7 @@ async def test_labels_applied_on_start_with_one_patch(api: FakeApiServer, tmp_pa
         assert api.count("watch", NODE) == 1
 
 
+@pytest.mark.anyio
 async def test_no_writes_across_many_events_that_change_nothing(api: FakeApiServer, tmp_path: Path) -> None:
     async with Running(api, tmp_path) as rec:
         await asyncio.wait_for(rec.wait_synced(), 5)
@@ -102,15 +103,19 @@ async def test_no_writes_across_many_events_that_change_nothing(api: FakeApiServ
         assert api.count("watch", NODE) == 1
 
 
+@pytest.mark.anyio
 async def test_tampered_label_repaired(api: FakeApiServer, tmp_path: Path) -> None:
     async with Running(api, tmp_path) as rec:
         await asyncio.wait_for(rec.wait_synced(), 5)
         api.set_labels(NODE, {"nvidia.com/gpu.product": "tampered", "nvidia.com/gpu.count": None})
-        await eventually(lambda: api.labels(NODE).get("nvidia.com/gpu.product") == DESIRED["nvidia.com/gpu.product"])
+        await eventually(
+            lambda: api.labels(NODE).get("nvidia.com/gpu.product") == DESIRED["nvidia.com/gpu.product"]
+        )
         await eventually(lambda: api.labels(NODE).get("nvidia.com/gpu.count") == "8")
         assert api.count("patch", NODE) == 2
 
 
+@pytest.mark.anyio
 async def test_stale_owned_label_removed_foreign_kept(api: FakeApiServer, tmp_path: Path) -> None:
     api.set_labels(
         NODE,
@@ -134,6 +139,7 @@ async def test_stale_owned_label_removed_foreign_kept(api: FakeApiServer, tmp_pa
         assert api.count("patch", NODE) == 2
 
 
+@pytest.mark.anyio
 async def test_api_outage_does_not_stop_the_caller(api: FakeApiServer, tmp_path: Path) -> None:
     ticks = 0
 
@@ -161,6 +167,7 @@ async def test_api_outage_does_not_stop_the_caller(api: FakeApiServer, tmp_path:
         serving.cancel()
 
 
+@pytest.mark.anyio
 async def test_watch_410_relists_and_resumes(api: FakeApiServer, tmp_path: Path) -> None:
     async with Running(api, tmp_path, watch_timeout=(1, 1)) as rec:
         await asyncio.wait_for(rec.wait_synced(), 5)
@@ -178,6 +185,7 @@ async def test_watch_410_relists_and_resumes(api: FakeApiServer, tmp_path: Path)
         await eventually(lambda: api.labels(NODE).get("nvidia.com/gpu.family") == "hopper", 10)
 
 
+@pytest.mark.anyio
 async def test_429_honours_retry_after(api: FakeApiServer, tmp_path: Path) -> None:
     api.inject(Fault("patch", 429, times=1, retry_after=1, node=NODE))
     started = time.monotonic()
@@ -188,6 +196,7 @@ async def test_429_honours_retry_after(api: FakeApiServer, tmp_path: Path) -> No
         assert api.count("patch", NODE) == 2
 
 
+@pytest.mark.anyio
 async def test_500_and_409_are_retried(api: FakeApiServer, tmp_path: Path) -> None:
     api.inject(Fault("list", 500, times=2, node=NODE))
     api.inject(Fault("patch", 409, times=1, node=NODE))
@@ -198,6 +207,7 @@ async def test_500_and_409_are_retried(api: FakeApiServer, tmp_path: Path) -> No
         assert rec.stats.failed_patches == 1
 
 
+@pytest.mark.anyio
 async def test_hung_request_times_out_and_retries(api: FakeApiServer, tmp_path: Path) -> None:
     kubeconfig = str(api.write_kubeconfig(tmp_path / "kubeconfig"))
     # the first patch hangs (the server never answers in time): abandoned, then retried
@@ -213,6 +223,7 @@ async def test_hung_request_times_out_and_retries(api: FakeApiServer, tmp_path: 
         assert api.count("patch", NODE) == 2
 
 
+@pytest.mark.anyio
 async def test_missing_node_is_reported_and_retried(api: FakeApiServer, tmp_path: Path) -> None:
     kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
     rec = NodeLabelReconciler("late-node", DESIRED, kubeconfig=str(kubeconfig), backoff=FAST)
@@ -226,6 +237,7 @@ async def test_missing_node_is_reported_and_retried(api: FakeApiServer, tmp_path
         task.cancel()
 
 
+@pytest.mark.anyio
 async def test_bad_kubeconfig_is_reported_not_raised(tmp_path: Path) -> None:
     rec = NodeLabelReconciler(NODE, DESIRED, kubeconfig=str(tmp_path / "missing"), backoff=FAST)
     task = asyncio.create_task(rec.run())
@@ -235,6 +247,7 @@ async def test_bad_kubeconfig_is_reported_not_raised(tmp_path: Path) -> None:
     task.cancel()
 
 
+@pytest.mark.anyio
 async def test_timestamp_disabled_removes_old_timestamp(api: FakeApiServer, tmp_path: Path) -> None:
     api.set_labels(NODE, {TIMESTAMP_LABEL: "1"})
     async with Running(api, tmp_path, timestamp=False) as rec:
@@ -242,6 +255,7 @@ async def test_timestamp_disabled_removes_old_timestamp(api: FakeApiServer, tmp_
         assert TIMESTAMP_LABEL not in api.labels(NODE)
 
 
+@pytest.mark.anyio
 async def test_run_reconciler_follows_an_async_iterator(api: FakeApiServer, tmp_path: Path) -> None:
     kubeconfig = str(api.write_kubeconfig(tmp_path / "kubeconfig"))
     queue: asyncio.Queue[dict[str, str] | None] = asyncio.Queue()
@@ -259,9 +273,24 @@ async def test_run_reconciler_follows_an_async_iterator(api: FakeApiServer, tmp_
     await asyncio.wait_for(task, 5)
 
 
+@pytest.mark.anyio
 async def test_invalid_values_are_left_out_not_sent(api: FakeApiServer, tmp_path: Path) -> None:
     async with Running(api, tmp_path) as rec:
         rec.set_desired({**DESIRED, "nvidia.com/gpu.machine": "has spaces"})
         await asyncio.wait_for(rec.wait_synced(), 5)
         assert "nvidia.com/gpu.machine" not in api.labels(NODE)
         assert rec.stats.failed_patches == 0
+
+
+def test_k8s_modules_do_not_import_the_kube_client() -> None:
+    """The agent may import these at start-up; kubernetes_asyncio must load only on connect."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, nvplugin.k8s.reconciler, nvplugin.k8s.events, nvplugin.k8s.nodeconfig, "
+        "nvplugin.commands.labels, nvplugin.nodefacts; "
+        "assert 'kubernetes_asyncio' not in sys.modules, sorted(sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

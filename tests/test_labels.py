@@ -92,7 +92,10 @@ def test_product_sanitising(name: str, product: str) -> None:
 
 
 def test_product_parts_and_shared_suffix() -> None:
-    assert L.product_name(["NVIDIA A100-SXM4-40GB", "MIG", "1g.5gb"], False) == "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"
+    assert (
+        L.product_name(["NVIDIA A100-SXM4-40GB", "MIG", "1g.5gb"], False)
+        == "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"
+    )
     assert L.product_name([H100], shared=True) == "NVIDIA-H100-80GB-HBM3-SHARED"
     assert L.product_name(["", "%%"], shared=True) == ""
 
@@ -166,7 +169,9 @@ def test_mig_strategy_label_only_for_single_and_mixed() -> None:
 
 def test_no_gpus_no_labels_but_timestamp() -> None:
     assert L.node_labels(inventory(), (), Config(), L.NodeFacts()) == {}
-    assert L.node_labels(inventory(), (), Config(), L.NodeFacts(timestamp=5)) == {"nvidia.com/gfd.timestamp": "5"}
+    assert L.node_labels(inventory(), (), Config(), L.NodeFacts(timestamp=5)) == {
+        "nvidia.com/gfd.timestamp": "5"
+    }
 
 
 def test_gpu_mode_from_first_pci_class() -> None:
@@ -272,9 +277,7 @@ class FakeMig:
     engines: Mapping[str, int] = field(default_factory=dict)
 
 
-MIG_1G10 = FakeMig(
-    "1g.10gb", 9728, 16, (1, 1), {"copy": 1, "decoder": 1, "encoder": 0, "jpeg": 1, "ofa": 1}
-)
+MIG_1G10 = FakeMig("1g.10gb", 9728, 16, (1, 1), {"copy": 1, "decoder": 1, "encoder": 0, "jpeg": 1, "ofa": 1})
 MIG_3G40 = FakeMig("3g.40gb", 40192, 60, (3, 3), {"copy": 3, "decoder": 3, "jpeg": 3})
 
 
@@ -384,7 +387,10 @@ def test_diff_timestamp_only_with_other_changes_or_when_missing() -> None:
     assert L.label_diff(desired, steady, timestamp="200") == {}
     assert L.label_diff(desired, {"nvidia.com/gpu.count": "1"}, timestamp="200") == {L.TIMESTAMP_LABEL: "200"}
     changed = {"nvidia.com/gpu.count": "2", L.TIMESTAMP_LABEL: "100"}
-    assert L.label_diff(desired, changed, timestamp="200") == {"nvidia.com/gpu.count": "1", L.TIMESTAMP_LABEL: "200"}
+    assert L.label_diff(desired, changed, timestamp="200") == {
+        "nvidia.com/gpu.count": "1",
+        L.TIMESTAMP_LABEL: "200",
+    }
     # disabled: an old timestamp label is removed, none is written
     assert L.label_diff(desired, steady) == {L.TIMESTAMP_LABEL: None}
     assert L.label_diff({}, {}) == {}

@@ -94,7 +94,9 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
     assert result.returncode == 1 and "cannot write" in result.stderr
 
 
-def test_failed_gpu_is_reported_and_others_labelled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_gpu_is_reported_and_others_labelled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     layout = tmp_path / "layout.json"
     layout.write_text(json.dumps({"count": 3, "faults": {"devices": {"1": {"device_name": "gpu-lost"}}}}))
     rc = main(["labels", "--fake-gpus", str(layout), "--no-timestamp"])

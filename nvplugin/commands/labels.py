@@ -33,7 +33,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--fake-gpus", metavar="N|FILE", help="simulated GPUs instead of NVML: a count or a layout")
+    parser.add_argument(
+        "--fake-gpus", metavar="N|FILE", help="simulated GPUs instead of NVML: a count or a layout"
+    )
     parser.add_argument("--mig-strategy", metavar="STRATEGY", help="none, single or mixed (env MIG_STRATEGY)")
     parser.add_argument("--nvidia-driver-root", metavar="PATH", help="root of the NVIDIA driver installation")
     parser.add_argument(

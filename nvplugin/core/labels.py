@@ -266,9 +266,7 @@ def full_gpu_labels(gpus: Sequence[Gpu], sharing: Sharing, resource: str = GPU_R
     return labels
 
 
-def mig_labels(
-    resource: str, parent_model: str, migs: Sequence[MigProfileFacts], sharing: Sharing
-) -> Labels:
+def mig_labels(resource: str, parent_model: str, migs: Sequence[MigProfileFacts], sharing: Sharing) -> Labels:
     """Labels for MIG devices of one profile advertised as `resource` (nvidia.com/gpu under the
     single strategy, nvidia.com/mig-<profile> under mixed)."""
     if not migs:

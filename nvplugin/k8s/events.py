@@ -138,7 +138,10 @@ class NodeEventPublisher:
                     self._queue.popleft()
                     self.failed += 1
                     log.warning(
-                        "node events: could not record %r on node %s: %s", event.message(), self.node_name, exc
+                        "node events: could not record %r on node %s: %s",
+                        event.message(),
+                        self.node_name,
+                        exc,
                     )
                     continue
                 self._queue.popleft()
@@ -161,7 +164,9 @@ class NodeEventPublisher:
             name, count, first = previous
             try:
                 await api.patch_event(
-                    self.namespace, name, {"count": count + 1, "lastTimestamp": _iso(now), "message": event.message()}
+                    self.namespace,
+                    name,
+                    {"count": count + 1, "lastTimestamp": _iso(now), "message": event.message()},
                 )
                 self._sent[event.key] = (name, count + 1, first)
                 self.aggregated += 1

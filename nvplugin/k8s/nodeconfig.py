@@ -43,7 +43,9 @@ def available_configs(config_dir: str | os.PathLike[str]) -> list[str]:
     try:
         entries = list(os.scandir(config_dir))
     except OSError as exc:
-        raise ConfigSelectionError(f"cannot read the config directory {config_dir}: {exc.strerror or exc}") from None
+        raise ConfigSelectionError(
+            f"cannot read the config directory {config_dir}: {exc.strerror or exc}"
+        ) from None
     return sorted(e.name for e in entries if not e.name.startswith("..") and e.is_file())
 
 
@@ -121,7 +123,11 @@ class NodeConfigSwitcher:
 
     def _choose(self, value: str) -> str | None:
         return choose_config(
-            value, available_configs(self.config_dir), self.default_config, self.fallbacks, str(self.config_dir)
+            value,
+            available_configs(self.config_dir),
+            self.default_config,
+            self.fallbacks,
+            str(self.config_dir),
         )
 
     def initial(self, label_value: str = "") -> tuple[str | None, Path | None]:
@@ -152,7 +158,11 @@ class NodeConfigSwitcher:
         try:
             self._on_change(name, self.path(name))
         except Exception:
-            log.exception("switching to config %s failed; keeping %s", self._describe(name), self._describe(self.current))
+            log.exception(
+                "switching to config %s failed; keeping %s",
+                self._describe(name),
+                self._describe(self.current),
+            )
             self.problem = f"switching to config {self._describe(name)} failed"
             self._last_value = None  # try again on the next label event
             return

@@ -427,7 +427,9 @@ class FakeApiServer:
             return None
         match = re.fullmatch(r"metadata\.name==?([^,]+)", selector)
         if not match:
-            raise ApiServerError(400, f"field selector {selector!r} is not supported; only metadata.name=<name>")
+            raise ApiServerError(
+                400, f"field selector {selector!r} is not supported; only metadata.name=<name>"
+            )
         return match.group(1)
 
     # --- handlers
@@ -493,7 +495,9 @@ class FakeApiServer:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         if gone:
-            error = status_body(410, "Expired", f"too old resource version: {rv_text} ({self._compacted + 1})")
+            error = status_body(
+                410, "Expired", f"too old resource version: {rv_text} ({self._compacted + 1})"
+            )
             await response.write(json.dumps({"type": "ERROR", "object": error}).encode() + b"\n")
             return response
         self._watchers.setdefault(name, set()).add(watcher)
@@ -546,8 +550,9 @@ class FakeApiServer:
         }
         if content_type not in appliers:
             raise ApiServerError(
-                415, f"the body of the request was in an unknown format - accepted media types include: "
-                f"{', '.join(appliers)}"
+                415,
+                f"the body of the request was in an unknown format - accepted media types include: "
+                f"{', '.join(appliers)}",
             )
         try:
             body = json.loads(await request.read())
@@ -616,9 +621,7 @@ class FakeApiServer:
         except ApiServerError as exc:
             return exc.response()
         items = [e for (n, _), e in self.events.items() if n == ns]
-        return web.json_response(
-            {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items}
-        )
+        return web.json_response({"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items})
 
 
 def _without_rv(node: dict[str, Any]) -> dict[str, Any]:
