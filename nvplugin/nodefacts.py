@@ -71,37 +71,36 @@ def probe_mig(nvml: Nvml, inventory: Inventory) -> tuple[bool, frozenset[str]]:
 
 def _mig_mode_query(nvml: Nvml) -> Callable[[int], bool] | None:
     """A function index -> MIG mode on, raising NvmlNotSupported where MIG is not supported."""
-    # The MIG work may add this to the Nvml protocol; use it when it is there.
-    method = getattr(nvml, "device_mig_mode", None)
-    if callable(method):
-
-        def from_backend(index: int) -> bool:
-            mode = method(index)
-            current = mode[0] if isinstance(mode, tuple) else mode
-            return bool(current)
-
-        return from_backend
     from nvplugin.nvml.real import RealNvml
 
-    if not isinstance(nvml, RealNvml):
-        return None
+    if isinstance(nvml, RealNvml):
 
-    def from_pynvml(index: int) -> bool:
-        import pynvml  # initialised by the backend already: NVML state is per process
+        def from_pynvml(index: int) -> bool:
+            import pynvml  # initialised by the backend already: NVML state is per process
 
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
-        except pynvml.NVMLError as exc:
-            if getattr(exc, "value", None) in (
-                pynvml.NVML_ERROR_NOT_SUPPORTED,
-                pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
-            ):
-                raise NvmlNotSupported("nvmlDeviceGetMigMode", str(exc)) from None
-            raise NvmlError("nvmlDeviceGetMigMode", str(exc), getattr(exc, "value", None)) from None
-        return bool(current)
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
+            except pynvml.NVMLError as exc:
+                code = getattr(exc, "value", None)
+                if code in (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
+                    raise NvmlNotSupported("nvmlDeviceGetMigMode", str(exc), code) from None
+                raise NvmlError("nvmlDeviceGetMigMode", str(exc), code) from None
+            return bool(current)
 
-    return from_pynvml
+        return from_pynvml
+    # Other backends (the fake) say only whether MIG is on (device_mig_enabled, with the MIG
+    # work): a GPU with MIG on is MIG-capable; one with MIG off cannot be told apart.
+    enabled = getattr(nvml, "device_mig_enabled", None)
+    if callable(enabled):
+
+        def from_backend(index: int) -> bool:
+            if not enabled(index):
+                raise NvmlNotSupported("device_mig_enabled", "MIG off (capability unknown)")
+            return True
+
+        return from_backend
+    return None
 
 
 def read_node_facts(

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from nvplugin.testing.apiserver import (
-    Fault,
     FakeApiServer,
+    Fault,
     json_merge_patch,
     json_patch,
     strategic_merge_patch,

@@ -17,7 +17,6 @@ from nvplugin.k8s.client import NodeApi
 from nvplugin.k8s.reconciler import Backoff, NodeLabelReconciler, run_reconciler
 from nvplugin.testing.apiserver import FakeApiServer, Fault
 
-
 NODE = "gpu-node-1"
 DESIRED = {
     "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given
@@ -265,7 +264,7 @@ def test_mixed_models_pick_the_most_common_then_lowest_index() -> None:
     assert tie["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB"
 
 
-# --- MIG, against a test double of the MIG model
+# --- MIG, against a test double shaped like core.inventory.MigDevice
 
 
 @dataclass(frozen=True)
@@ -273,12 +272,20 @@ class FakeMig:
     profile: str
     memory_mib: int
     multiprocessors: int
-    slices: tuple[int, int]
-    engines: Mapping[str, int] = field(default_factory=dict)
+    gi_slices: int
+    ci_slices: int
+    copy_engines: int = 0
+    decoders: int = 0
+    encoders: int = 0
+    jpeg_decoders: int = 0
+    ofa_engines: int = 0
 
 
-MIG_1G10 = FakeMig("1g.10gb", 9728, 16, (1, 1), {"copy": 1, "decoder": 1, "encoder": 0, "jpeg": 1, "ofa": 1})
-MIG_3G40 = FakeMig("3g.40gb", 40192, 60, (3, 3), {"copy": 3, "decoder": 3, "jpeg": 3})
+MIG_1G10 = FakeMig("1g.10gb", 9728, 16, 1, 1, copy_engines=1, decoders=1, jpeg_decoders=1, ofa_engines=1)
+MIG_3G40 = FakeMig("3g.40gb", 40192, 60, 3, 3, copy_engines=3, decoders=3, jpeg_decoders=3)
+MIG_1G10_ME = FakeMig(
+    "1g.10gb+me", 9728, 16, 1, 1, copy_engines=1, decoders=1, jpeg_decoders=1, ofa_engines=1
+)
 
 
 def test_mig_mixed_labels_golden() -> None:
@@ -301,16 +308,52 @@ def test_mig_mixed_labels_golden() -> None:
     assert all(L.is_owned_key(k) for k in labels)
 
 
-def test_mig_single_strategy_labels_and_sharing() -> None:
+def test_mig_single_labels_and_sharing() -> None:
     labels = L.mig_labels("nvidia.com/gpu", H100, [MIG_3G40] * 2, L.Sharing(replicas=2))
     assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3-MIG-3g.40gb-SHARED"
     assert labels["nvidia.com/gpu.engines.ofa"] == "0"
     assert labels["nvidia.com/gpu.sharing-strategy"] == "time-slicing"
     assert L.mig_labels("nvidia.com/gpu", H100, [], L.NOT_SHARED) == {}
-    me = FakeMig("1g.10gb.me", 9728, 16, (1, 1))
-    assert L.mig_labels("nvidia.com/mig-1g.10gb.me", H100, [me], L.NOT_SHARED)[
-        "nvidia.com/mig-1g.10gb.me.product"
-    ] == ("NVIDIA-H100-80GB-HBM3-MIG-1g.10gb.me")
+
+
+def test_mig_plus_profile_is_labelled_with_a_dot() -> None:
+    labels = L.mig_strategy_labels("mixed", [(H100, [MIG_1G10_ME])], False, lambda n: L.NOT_SHARED)
+    assert labels["nvidia.com/mig-1g.10gb.me.product"] == "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb.me"
+    assert all(L.is_owned_key(k) for k in labels)
+
+
+def test_mig_strategy_single() -> None:
+    def unshared(name: str) -> L.Sharing:
+        return L.NOT_SHARED
+
+    good = L.mig_strategy_labels("single", [(H100, [MIG_1G10] * 7)] * 2, False, unshared)
+    assert good["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb"
+    assert good["nvidia.com/gpu.count"] == "14"
+    assert good["nvidia.com/gpu.slices.gi"] == "1"
+    invalid = L.invalid_single_strategy_labels(H100)
+    # full GPUs beside MIG GPUs, an empty MIG GPU, or two profiles: GFD's MIG-INVALID set
+    assert L.mig_strategy_labels("single", [(H100, [MIG_1G10])], True, unshared) == invalid
+    assert L.mig_strategy_labels("single", [(H100, [MIG_1G10]), (H100, [])], False, unshared) == invalid
+    assert L.mig_strategy_labels("single", [(H100, [MIG_1G10, MIG_3G40])], False, unshared) == invalid
+    assert L.mig_strategy_labels("single", [], True, unshared) == {}
+    assert L.mig_strategy_labels("none", [(H100, [MIG_1G10])], False, unshared) == {}
+
+
+def test_mig_strategy_mixed_one_resource_per_profile() -> None:
+    seen: list[str] = []
+
+    def sharing(name: str) -> L.Sharing:
+        seen.append(name)
+        return L.Sharing(replicas=4) if name == "nvidia.com/mig-3g.40gb" else L.NOT_SHARED
+
+    labels = L.mig_strategy_labels(
+        "mixed", [(H100, [MIG_1G10, MIG_1G10, MIG_3G40]), ("NVIDIA A100-SXM4-40GB", [])], True, sharing
+    )
+    assert labels["nvidia.com/mig-1g.10gb.count"] == "2"
+    assert labels["nvidia.com/mig-3g.40gb.count"] == "1"
+    assert labels["nvidia.com/mig-3g.40gb.product"] == "NVIDIA-H100-80GB-HBM3-MIG-3g.40gb-SHARED"
+    assert labels["nvidia.com/mig-3g.40gb.replicas"] == "4"
+    assert sorted(seen) == ["nvidia.com/mig-1g.10gb", "nvidia.com/mig-3g.40gb"]
 
 
 def test_invalid_single_strategy() -> None:
@@ -320,6 +363,39 @@ def test_invalid_single_strategy() -> None:
         "nvidia.com/gpu.replicas": "0",
         "nvidia.com/gpu.memory": "0",
     }
+
+
+def test_sharing_from_config_when_it_has_a_sharing_section() -> None:
+    """After the time-slicing work, Config.sharing.time_slicing decides (as in GFD)."""
+
+    @dataclass(frozen=True)
+    class Replicated:
+        name: str
+        replicas: int
+        rename: str | None = None
+
+    @dataclass(frozen=True)
+    class TimeSlicing:
+        resources: tuple[Replicated, ...]
+
+        def for_resource(self, name: str) -> Replicated | None:
+            return next((r for r in self.resources if r.name == name), None)
+
+    @dataclass(frozen=True)
+    class SharingSection:
+        time_slicing: TimeSlicing
+
+    @dataclass(frozen=True)
+    class ConfigWithSharing:
+        sharing: SharingSection
+        mig_strategy: str = "none"
+
+    config = ConfigWithSharing(
+        SharingSection(TimeSlicing((Replicated("nvidia.com/gpu", 4, "nvidia.com/gpu.shared"),)))
+    )
+    sharing = L.sharing_for("nvidia.com/gpu", (), config)  # type: ignore[arg-type]
+    assert sharing == L.Sharing(replicas=4, strategy="time-slicing", renamed=True)
+    assert L.sharing_for("nvidia.com/mig-1g.10gb", (), config) == L.NOT_SHARED  # type: ignore[arg-type]
 
 
 # --- ownership and validity

@@ -90,6 +90,8 @@ def compute_labels(
     nvml.init()
     try:
         inventory = discover(nvml)
+        # Config.gfd_no_timestamp (flags.gfd.noTimestamp) arrives with the config-file work.
+        timestamp = timestamp and not getattr(config, "gfd_no_timestamp", False)
         facts = read_node_facts(nvml, inventory, machine_type_file=machine_type_file, timestamp=timestamp)
     finally:
         try:

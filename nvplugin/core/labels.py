@@ -125,11 +125,11 @@ SHARING_DISABLED = Sharing(replicas=0)
 
 
 class MigProfileFacts(Protocol):
-    """One MIG device as the labels see it (the MIG model implements this by duck typing)."""
+    """One MIG device as the labels see it: the attributes of core.inventory.MigDevice."""
 
     @property
     def profile(self) -> str:
-        """NVIDIA's profile name with '+' as '.', e.g. '1g.10gb' or '1g.10gb.me'."""
+        """NVIDIA's profile name, e.g. '1g.10gb' or '1g.10gb+me' ('+' is labelled as '.')."""
         ...
 
     @property
@@ -139,14 +139,30 @@ class MigProfileFacts(Protocol):
     def multiprocessors(self) -> int: ...
 
     @property
-    def slices(self) -> tuple[int, int]:
-        """(GPU instance slice count, compute instance slice count)."""
-        ...
+    def gi_slices(self) -> int: ...
 
     @property
-    def engines(self) -> Mapping[str, int]:
-        """Shared engine counts by name: copy, decoder, encoder, jpeg, ofa."""
-        ...
+    def ci_slices(self) -> int: ...
+
+    @property
+    def copy_engines(self) -> int: ...
+
+    @property
+    def decoders(self) -> int: ...
+
+    @property
+    def encoders(self) -> int: ...
+
+    @property
+    def jpeg_decoders(self) -> int: ...
+
+    @property
+    def ofa_engines(self) -> int: ...
+
+
+def mig_profile_name(profile: str) -> str:
+    """NVIDIA names MIG resources and products with '+' replaced by '.' (1g.10gb+me -> 1g.10gb.me)."""
+    return profile.replace("+", ".")
 
 
 # --- value rules
@@ -272,19 +288,60 @@ def mig_labels(resource: str, parent_model: str, migs: Sequence[MigProfileFacts]
     if not migs:
         return {}
     mig = migs[0]
-    labels = _base_labels(resource, len(migs), (parent_model, "MIG", mig.profile), sharing)
-    gi, ci = mig.slices
+    labels = _base_labels(resource, len(migs), (parent_model, "MIG", mig_profile_name(mig.profile)), sharing)
+    engines = {
+        "copy": mig.copy_engines,
+        "decoder": mig.decoders,
+        "encoder": mig.encoders,
+        "jpeg": mig.jpeg_decoders,
+        "ofa": mig.ofa_engines,
+    }
     labels.update(
         {
             f"{resource}.memory": str(mig.memory_mib),
             f"{resource}.multiprocessors": str(mig.multiprocessors),
-            f"{resource}.slices.gi": str(gi),
-            f"{resource}.slices.ci": str(ci),
+            f"{resource}.slices.gi": str(mig.gi_slices),
+            f"{resource}.slices.ci": str(mig.ci_slices),
         }
     )
     for engine in MIG_ENGINES:
-        labels[f"{resource}.engines.{engine}"] = str(mig.engines.get(engine, 0))
+        labels[f"{resource}.engines.{engine}"] = str(engines[engine])
     return labels
+
+
+MigGpu = tuple[str, Sequence[MigProfileFacts]]
+
+
+def mig_strategy_labels(
+    strategy: str,
+    mig_gpus: Sequence[MigGpu],
+    has_full_gpus: bool,
+    sharing_for: Callable[[str], Sharing],
+) -> Labels:
+    """GFD's MIG labeler. `mig_gpus`: (model, MIG devices) of each MIG-enabled GPU in index
+    order. single: one profile on every GPU labels nvidia.com/gpu, anything else (full GPUs
+    too, an empty MIG GPU, several profiles) the MIG-INVALID set; mixed: one resource per
+    profile, empty MIG GPUs ignored; none: nothing."""
+    if strategy == "single":
+        if not mig_gpus:
+            return {}
+        model = mig_gpus[0][0]
+        migs = [m for _, devices in mig_gpus for m in devices]
+        profiles = {mig_profile_name(m.profile) for m in migs}
+        if has_full_gpus or any(not devices for _, devices in mig_gpus) or len(profiles) != 1:
+            return invalid_single_strategy_labels(model)
+        return mig_labels(GPU_RESOURCE, model, migs, sharing_for(GPU_RESOURCE))
+    if strategy == "mixed":
+        groups: dict[str, tuple[str, list[MigProfileFacts]]] = {}
+        for model, devices in mig_gpus:
+            for mig in devices:
+                name = f"nvidia.com/mig-{mig_profile_name(mig.profile)}"
+                groups.setdefault(name, (model, []))[1].append(mig)
+        labels: Labels = {}
+        for name, (model, group) in groups.items():
+            labels.update(mig_labels(name, model, group, sharing_for(name)))
+        return labels
+    return {}
 
 
 def invalid_single_strategy_labels(parent_model: str) -> Labels:
@@ -304,17 +361,40 @@ def machine_label(machine: str) -> str:
 
 
 def sharing_of(resource: Resource, strategy: str = "time-slicing") -> Sharing:
-    """Replicas per GPU, counted from the advertised devices (IDs `<UUID>::<n>`), and whether
+    """Replicas per device, counted from the advertised devices (IDs `<UUID>::<n>`), and whether
     the resource was renamed (`<name>.shared`)."""
     per_uuid = Counter(d.uuid for d in resource.devices)
     replicas = max(per_uuid.values(), default=1)
-    renamed = resource.name.endswith(SHARED_SUFFIX)
+    renamed = getattr(resource, "renamed_from", None) is not None or resource.name.endswith(SHARED_SUFFIX)
     return Sharing(replicas=replicas, strategy=strategy, renamed=renamed)
 
 
-def base_resource_name(name: str) -> str:
+def base_resource_name(resource: Resource) -> str:
     """GFD labels a renamed resource under its original name."""
+    original = getattr(resource, "renamed_from", None)
+    if isinstance(original, str):
+        return original
+    name = resource.name
     return name[: -len(SHARED_SUFFIX)] if name.endswith(SHARED_SUFFIX) else name
+
+
+def sharing_for(
+    name: str, resources: Sequence[Resource], config: Config, strategy: str = "time-slicing"
+) -> Sharing:
+    """How resource `name` (its unrenamed name) is shared. GFD reads the config's
+    sharing.timeSlicing entry for it; where the Config has no sharing section yet (before the
+    time-slicing work is merged) the advertised devices tell."""
+    time_slicing = getattr(getattr(config, "sharing", None), "time_slicing", None)
+    if time_slicing is not None:
+        wanted = time_slicing.for_resource(name)
+        if wanted is None:
+            return NOT_SHARED
+        replicas = int(wanted.replicas) if wanted.replicas > 0 else 1
+        return Sharing(replicas=replicas, strategy=strategy, renamed=wanted.rename is not None)
+    for resource in resources:
+        if base_resource_name(resource) == name:
+            return sharing_of(resource, strategy)
+    return NOT_SHARED
 
 
 def _majority_model(gpus: Sequence[Gpu]) -> list[Gpu]:
@@ -331,27 +411,37 @@ def node_labels(
     resources: Sequence[Resource],
     config: Config,
     facts: NodeFacts,
-    sharing_strategy: str = "time-slicing",
+    sharing_strategy: str | None = None,
 ) -> Labels:
     """Every label this node should carry. No GPUs: no labels (a timestamp at most), so a node
-    whose GPUs are gone loses them. MIG resources are labelled by mig_labels; their caller
-    merges them (the full-GPU labels come first, MIG labels override as in GFD)."""
+    whose GPUs are gone loses them. Full-GPU labels first, then MIG labels over them (GFD's
+    order). `sharing_strategy`: time-slicing or mps for shared resources (default: the config's,
+    else time-slicing)."""
     labels: Labels = {}
+    strategy = sharing_strategy or _config_sharing_strategy(config)
     if inventory.gpus:
-        shared_gpu = next(
-            (r for r in resources if base_resource_name(r.name) == GPU_RESOURCE and _full_gpus(r)), None
-        )
-        sharing = sharing_of(shared_gpu, sharing_strategy) if shared_gpu else NOT_SHARED
-        full = [g for g in inventory.gpus if g.uuid not in facts.mig_enabled]
-        mig_mode = [g for g in inventory.gpus if g.uuid in facts.mig_enabled]
+        mig_enabled = facts.mig_enabled | {g.uuid for g in inventory.gpus if _mig_enabled(g)}
+        full = [g for g in inventory.gpus if g.uuid not in mig_enabled]
+        mig_mode = [g for g in inventory.gpus if g.uuid in mig_enabled]
         # MIG-enabled GPUs first so full GPUs override them, as GFD does.
         if mig_mode:
             labels.update(full_gpu_labels(_majority_model(mig_mode), SHARING_DISABLED))
         if full:
-            labels.update(full_gpu_labels(_majority_model(full), sharing))
+            labels.update(
+                full_gpu_labels(_majority_model(full), sharing_for(GPU_RESOURCE, resources, config, strategy))
+            )
+        mig_gpus = [(g.name, tuple(getattr(g, "mig_devices", ()))) for g in mig_mode]
+        labels.update(
+            mig_strategy_labels(
+                config.mig_strategy,
+                mig_gpus,
+                bool(full),
+                lambda name: sharing_for(name, resources, config, strategy),
+            )
+        )
         labels.update(version_labels(inventory.driver_version, inventory.cuda_version))
-        labels["nvidia.com/mig.capable"] = _bool(facts.mig_capable)
-        labels["nvidia.com/mps.capable"] = _bool(sharing_strategy == "mps" and not mig_mode)
+        labels["nvidia.com/mig.capable"] = _bool(facts.mig_capable or bool(mig_mode))
+        labels["nvidia.com/mps.capable"] = _bool(strategy == "mps" and not mig_mode)
         labels["nvidia.com/gpu.mode"] = gpu_mode(facts.pci_classes)
         if config.mig_strategy in ("single", "mixed"):
             labels["nvidia.com/mig.strategy"] = config.mig_strategy
@@ -362,8 +452,14 @@ def node_labels(
     return labels
 
 
-def _full_gpus(resource: Resource) -> bool:
-    return any(d.uuid == d.gpu_uuid for d in resource.devices)
+def _mig_enabled(gpu: Gpu) -> bool:
+    # Gpu.mig_enabled arrives with the MIG work; before it, NodeFacts.mig_enabled says.
+    return bool(getattr(gpu, "mig_enabled", False))
+
+
+def _config_sharing_strategy(config: Config) -> str:
+    strategy = getattr(getattr(config, "sharing", None), "strategy", None)
+    return strategy if isinstance(strategy, str) and strategy != "none" else "time-slicing"
 
 
 def _bool(value: bool) -> str:
