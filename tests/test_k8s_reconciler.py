@@ -293,3 +293,22 @@ def test_k8s_modules_do_not_import_the_kube_client() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.anyio
+async def test_nothing_written_before_desired_labels_are_known(api: FakeApiServer, tmp_path: Path) -> None:
+    api.set_labels(NODE, DESIRED)  # left by a previous run
+    kubeconfig = str(api.write_kubeconfig(tmp_path / "kubeconfig"))
+    rec = NodeLabelReconciler(NODE, kubeconfig=kubeconfig, backoff=FAST)
+    task = asyncio.create_task(rec.run())
+    try:
+        await eventually(lambda: api.open_watches(NODE) == 1)
+        await asyncio.sleep(0.2)
+        assert api.count("patch", NODE) == 0
+        assert api.labels(NODE)["nvidia.com/gpu.count"] == "8"
+        rec.set_desired({**DESIRED, "nvidia.com/gpu.count": "4"})
+        await asyncio.wait_for(rec.wait_synced(), 5)
+        assert api.labels(NODE)["nvidia.com/gpu.count"] == "4"
+        assert api.count("patch", NODE) == 1
+    finally:
+        task.cancel()

@@ -91,6 +91,9 @@ class NodeLabelReconciler:
         self._clock = clock
         self._rng = rng or random.Random()
         self._desired: dict[str, str] = {}
+        # Nothing is written before the agent has said what it wants: an empty start must not
+        # wipe the labels a previous run left (they stay until the first set_desired).
+        self._desired_known = False
         self._dirty = asyncio.Event()
         self._synced = asyncio.Event()
         self.api: NodeApi | None = None
@@ -101,7 +104,8 @@ class NodeLabelReconciler:
         self._last_notified: dict[str, str] | None = None
         self.stats = ReconcilerStats()
         self._last_logged_error: str | None = None
-        self.set_desired(desired or {})
+        if desired is not None:
+            self.set_desired(desired)
 
     # --- the agent's side
 
@@ -114,8 +118,9 @@ class NodeLabelReconciler:
                 "characters of A-Z a-z 0-9 - _ . and start and end alphanumeric): %s",
                 ", ".join(bad),
             )
-        if good != self._desired:
+        if good != self._desired or not self._desired_known:
             self._desired = good
+            self._desired_known = True
             self._synced.clear()
             self._dirty.set()
 
@@ -149,6 +154,8 @@ class NodeLabelReconciler:
     def _changes(self, actual: Mapping[str, str]) -> dict[str, str | None]:
         """The patch to send; empty when the Node already carries what we want (the timestamp's
         value is never compared, so this does not depend on the clock)."""
+        if not self._desired_known:
+            return {}
         stamp = str(int(self._clock())) if self._timestamp else None
         return label_diff(self._desired, actual, timestamp=stamp, owned=self._owned)
 
@@ -264,8 +271,8 @@ class NodeLabelReconciler:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            if self.actual is None or self.api is None:
-                continue  # the watch sets dirty again once it has seen the Node
+            if self.actual is None or self.api is None or not self._desired_known:
+                continue  # set again once the Node has been seen and the labels are known
             changes = self._changes(self.actual)
             if not changes:
                 self._synced.set()
