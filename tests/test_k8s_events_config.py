@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -207,3 +208,52 @@ async def test_config_switched_by_node_label(api: FakeApiServer, tmp_path: Path)
         assert api.count("patch", NODE) == 1
     finally:
         task.cancel()
+
+
+# --- all of it behind NodeIntegration, one watch
+
+
+@pytest.mark.anyio
+async def test_node_integration_labels_events_and_config(
+    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nvplugin.k8s.integration import NodeIntegration, resolve_node_name
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "default").write_text("version: v1\n")
+    (configs / "ts").write_text("version: v1\n")
+    reloads: list[str | None] = []
+    node = NodeIntegration(
+        resolve_node_name(None, {"NODE_NAME": NODE}),
+        kubeconfig=str(api.write_kubeconfig(tmp_path / "kc")),
+        config_dir=str(configs),
+        on_config_change=lambda name, path: reloads.append(name),
+    )
+    assert node.config_switcher is not None
+    node.config_switcher.initial()
+    # an event published before the client is connected is kept and sent once it is
+    node.publish_health_event(UUID, 79, "fell off the bus", healthy=False)
+    task = asyncio.create_task(node.run())
+    try:
+        node.set_desired({"nvidia.com/gpu.count": "8"})
+        await eventually(lambda: api.labels(NODE).get("nvidia.com/gpu.count") == "8")
+        await eventually(lambda: node.events.created == 1)
+        (event,) = events_of(api)
+        assert event["involvedObject"]["uid"] == api.node(NODE)["metadata"]["uid"]
+        api.set_labels(NODE, {"nvidia.com/device-plugin.config": "ts"})
+        await eventually(lambda: reloads == ["ts"])
+        assert api.count("watch", NODE) == 1 and api.open_watches(NODE) == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def test_node_name_required() -> None:
+    from nvplugin.k8s.integration import resolve_node_name
+
+    assert resolve_node_name("flag-node", {"NODE_NAME": "env-node"}) == "flag-node"
+    assert resolve_node_name(None, {"NODE_NAME": "env-node"}) == "env-node"
+    with pytest.raises(ValueError, match="NODE_NAME"):
+        resolve_node_name(None, {})

@@ -96,7 +96,10 @@ class NodeLabelReconciler:
         self._desired_known = False
         self._dirty = asyncio.Event()
         self._synced = asyncio.Event()
+        # The connection, published once the Node has been read (the Event publisher and the
+        # writer need its uid and labels, not just a client).
         self.api: NodeApi | None = None
+        self._client: NodeApi | None = None
         self.node_uid: str | None = None
         # Labels of the newest Node version seen (watch or patch answer); None: not seen yet.
         self.actual: dict[str, str] | None = None
@@ -145,9 +148,9 @@ class NodeLabelReconciler:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
-            if self.api is not None:
+            if self._client is not None:
                 with contextlib.suppress(Exception):
-                    await self.api.close()
+                    await self._client.close()
 
     # --- internals
 
@@ -176,9 +179,9 @@ class NodeLabelReconciler:
         return self._backoff.delay(attempt, self._rng)
 
     async def _api(self) -> NodeApi:
-        if self.api is None:
-            self.api = await self._connect()
-        return self.api
+        if self._client is None:
+            self._client = await self._connect()
+        return self._client
 
     def _observe(self, node: Mapping[str, Any]) -> None:
         """Take the labels of a Node version that is not older than what we hold."""
@@ -241,6 +244,7 @@ class NodeLabelReconciler:
             raise ApiError("list node", 404, f"node {self.node_name!r} does not exist (check NODE_NAME)")
         self._actual_rv = None  # a fresh list is authoritative
         self._observe(node)
+        self.api = api
         return str((node.get("metadata") or {}).get("resourceVersion") or list_rv)
 
     async def _watch_once(self, api: NodeApi) -> None:
