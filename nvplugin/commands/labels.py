@@ -100,7 +100,13 @@ def compute_labels(
             print(f"warning: NVML shutdown failed: {exc}", file=warn)
     for problem in inventory.problems:
         print(f"warning: {problem}", file=warn)
-    labels = node_labels(inventory, build_resources(inventory, config), config, facts)
+    try:
+        resources = build_resources(inventory, config)
+    except ConfigError as exc:
+        # The device plugin refuses this layout; GFD still labels it (MIG-INVALID), so do we.
+        print(f"warning: {exc}", file=warn)
+        resources = ()
+    labels = node_labels(inventory, resources, config, facts)
     good, bad = valid_only(labels)
     for item in bad:
         print(f"warning: left out {item}: not a valid Kubernetes label value", file=warn)

@@ -381,19 +381,19 @@ def base_resource_name(resource: Resource) -> str:
 def sharing_for(
     name: str, resources: Sequence[Resource], config: Config, strategy: str = "time-slicing"
 ) -> Sharing:
-    """How resource `name` (its unrenamed name) is shared. GFD reads the config's
-    sharing.timeSlicing entry for it; where the Config has no sharing section yet (before the
-    time-slicing work is merged) the advertised devices tell."""
-    time_slicing = getattr(getattr(config, "sharing", None), "time_slicing", None)
-    if time_slicing is not None:
-        wanted = time_slicing.for_resource(name)
-        if wanted is None:
-            return NOT_SHARED
-        replicas = int(wanted.replicas) if wanted.replicas > 0 else 1
-        return Sharing(replicas=replicas, strategy=strategy, renamed=wanted.rename is not None)
+    """How resource `name` (its unrenamed name) is shared: from the advertised resource when
+    there is one (its replica IDs and rename are what the kubelet sees), else from the config's
+    sharing.timeSlicing entry for it, as GFD reads it (where the Config has that section)."""
     for resource in resources:
         if base_resource_name(resource) == name:
             return sharing_of(resource, strategy)
+    time_slicing = getattr(getattr(config, "sharing", None), "time_slicing", None)
+    if time_slicing is not None:
+        wanted = time_slicing.for_resource(name)
+        if wanted is not None and wanted.replicas > 1:
+            return Sharing(
+                replicas=int(wanted.replicas), strategy=strategy, renamed=wanted.rename is not None
+            )
     return NOT_SHARED
 
 
