@@ -312,3 +312,23 @@ async def test_nothing_written_before_desired_labels_are_known(api: FakeApiServe
         assert api.count("patch", NODE) == 1
     finally:
         task.cancel()
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    backoff = Backoff(base=0.5, cap=30.0)
+    rng = random.Random(0)
+    for attempt, ceiling in ((0, 0.5), (1, 1.0), (3, 4.0), (6, 30.0), (40, 30.0)):
+        delays = [backoff.delay(attempt, rng) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert max(delays) - min(delays) > ceiling / 4  # jittered, not one fixed value
+
+
+@pytest.mark.anyio
+async def test_429_on_the_list_waits_for_retry_after(api: FakeApiServer, tmp_path: Path) -> None:
+    api.inject(Fault("list", 429, times=1, retry_after=1, node=NODE))
+    started = time.monotonic()
+    async with Running(api, tmp_path) as rec:
+        await asyncio.wait_for(rec.wait_synced(), 5)
+        assert time.monotonic() - started >= 1.0
+        assert api.count("list", NODE) == 2
+        assert rec.stats.throttled == 1
