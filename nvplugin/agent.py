@@ -71,6 +71,8 @@ class Agent:
         self.nvml_ready = False
         # NVIDIA's control device nodes present on this node (for PASS_DEVICE_SPECS).
         self.control_nodes: frozenset[str] | None = None
+        # Health transitions go here too when node Events are on: (uuid, xid, reason, healthy).
+        self.node_events: Callable[[str, int | None, str, bool], None] | None = None
         self._config_loader = config_loader
         self._handle_signals = handle_signals
         self._extra_tasks: list[tuple[str, TaskFactory]] = []
@@ -84,6 +86,7 @@ class Agent:
         # Set once the first generation has registered or begun waiting for the kubelet: the
         # watcher's imports and thread wait for it, off the start -> Register path.
         self._first_attempt: anyio.Event | None = None
+        self._registered_once: anyio.Event | None = None
         # Set once every task has been started (tests and simulate wait on it).
         self.started: anyio.Event | None = None
 
@@ -97,6 +100,18 @@ class Agent:
     def ready(self) -> bool:
         """Registered with the kubelet for every resource."""
         return bool(self.registered) and all(self.registered.values())
+
+    async def wait_ready(self) -> None:
+        """Return once registered with the kubelet for every resource (the first time)."""
+        if self._registered_once is None:
+            self._registered_once = anyio.Event()
+        await self._registered_once.wait()
+
+    def schedule_reload(self, why: str) -> None:
+        """Reload from a synchronous callback (a node-label config switch)."""
+        if self._tg is not None:
+            log.info("reloading: %s", why)
+            self._tg.start_soon(self.reload, name="reload")
 
     def stop(self) -> None:
         if self._tg is not None:
@@ -161,6 +176,7 @@ class Agent:
         """Run until cancelled or stopped. Raises AgentError when it cannot start."""
         self.started = self.started or anyio.Event()
         self._first_attempt = anyio.Event()
+        self._registered_once = self._registered_once or anyio.Event()
         inventory = await self._initialise()
         try:
             resources = self._plan(inventory, self.config)
@@ -343,8 +359,11 @@ async def _serve_kubelet(agent: Agent) -> None:
 async def _register(agent: Agent, server: PluginServer) -> None:
     await register_with_retry(agent.config.kubelet_socket, server.socket_name, server.resource_name)
     agent.registered[server.resource_name] = True
-    if agent.ready and agent._first_attempt is not None:
-        agent._first_attempt.set()
+    if agent.ready:
+        if agent._first_attempt is not None:
+            agent._first_attempt.set()
+        if agent._registered_once is not None:
+            agent._registered_once.set()
 
 
 async def _watch_kubelet_dir(agent: Agent) -> None:

@@ -113,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_command_modules() -> list[Any]:
     """Subcommands that live in their own modules (nvplugin.commands.*): each has
     add_parser(subparsers), which sets `run(args) -> int` as the parser's default."""
-    from nvplugin.commands import check_config
+    from nvplugin.commands import check_config, labels
 
-    return [check_config]
+    return [check_config, labels]
 
 
 def _run_async(fn: Callable[[], object]) -> object:
@@ -134,18 +134,43 @@ def _run_async(fn: Callable[[], object]) -> object:
 
 def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     from nvplugin.agent import Agent, AgentError
-    from nvplugin.configload import load_config
+    from nvplugin.configload import ConfigSource
     from nvplugin.nvml import open_backend
 
-    flags = flags_from_args(args)
-    # SIGHUP re-reads the environment and the config file; the flags stay as given.
-    agent = Agent(config, open_backend(config), config_loader=lambda: load_config(flags, os.environ))
+    # Reloads (SIGHUP, node-label config switch) re-read the environment and the config file;
+    # the flags stay as given.
+    source = ConfigSource(flags_from_args(args))
+    if config.config_dir is not None:
+        config = _initial_node_config(source, config)
+    agent = Agent(config, open_backend(config), config_loader=source.load)
+    if config.labels:
+        from nvplugin.nodelabels import run_node_integration
+
+        agent.add_task("node-integration", lambda a: run_node_integration(a, source))
     try:
         _run_async(agent.run)
     except AgentError as exc:
         print(f"nvplugin: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
     return EXIT_OK
+
+
+def _initial_node_config(source: Any, config: Config) -> Config:
+    """With --config-dir, start on the config NVIDIA's config-manager would pick before the
+    node label is read (default config, else fallbacks); the label may switch it later."""
+    from nvplugin.k8s.nodeconfig import NodeConfigSwitcher
+
+    assert config.config_dir is not None
+    switcher = NodeConfigSwitcher(
+        config.config_dir, lambda name, path: None, default_config=config.default_config
+    )
+    try:
+        _, path = switcher.initial()
+    except ValueError as exc:
+        raise ConfigError(f"--config-dir: {exc}") from None
+    source.select_file(str(path) if path is not None else None)
+    loaded: Config = source.load()
+    return loaded
 
 
 def _cmd_simulate(args: argparse.Namespace, config: Config) -> int:

@@ -109,3 +109,25 @@ def config_as_dict(config: Config) -> dict[str, object]:
     result = plain(config)
     assert isinstance(result, dict)
     return result
+
+
+class ConfigSource:
+    """Where the running agent's config comes from, for start-up and every reload (SIGHUP or a
+    per-node config switch): the command line's flags, the environment at reload time, and the
+    config file - the one a node label selected, once one has, else --config-file/CONFIG_FILE."""
+
+    def __init__(self, flags: Mapping[str, object]) -> None:
+        self.flags = dict(flags)
+        self._selected: tuple[str | None] | None = None
+
+    def select_file(self, path: str | None) -> None:
+        """Use this file from now on (None: no file, flags and environment only)."""
+        self._selected = (path,)
+
+    def load(self) -> Config:
+        """The effective config (blocking: reads a file). Raises ConfigError."""
+        flags, env = dict(self.flags), dict(os.environ)
+        if self._selected is not None:
+            flags["config_file"] = self._selected[0]
+            env.pop("CONFIG_FILE", None)
+        return load_config(flags, env)

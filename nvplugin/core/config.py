@@ -90,6 +90,16 @@ class Config:
     gfd_sleep_interval_s: float = 60.0
     # The config file's `sharing` section (file only: no flag or env sets it).
     sharing: Sharing = Sharing()
+    # Node labels and Events through the Kubernetes API (off: the Kubernetes client is never
+    # imported). The node's name comes from the downward API.
+    labels: bool = False
+    node_name: str | None = None
+    kubeconfig: str | None = None
+    # Per-node configs: a directory of named config files, one picked by the node label
+    # nvidia.com/device-plugin.config (NVIDIA's config-manager), else the default.
+    config_dir: str | None = None
+    default_config: str | None = None
+    machine_type_file: str = "/sys/class/dmi/id/product_name"
 
     @property
     def device_root(self) -> str:
@@ -329,6 +339,48 @@ OPTIONS: tuple[Option, ...] = (
         parse_duration,
         "time between relabelling passes (a duration such as 60s)",
         "DURATION",
+    ),
+    Option(
+        "labels",
+        "--labels",
+        "NVPLUGIN_LABELS",
+        parse_bool,
+        "keep GPU facts as node labels and publish health Events (needs the node name and API access)",
+        "BOOL",
+        is_bool=True,
+    ),
+    Option("node_name", "--node-name", "NODE_NAME", parse_path, "this node's name (downward API)", "NAME"),
+    Option(
+        "kubeconfig",
+        "--kubeconfig",
+        "KUBECONFIG",
+        parse_path,
+        "kubeconfig to use outside a cluster (default: in-cluster config)",
+        "FILE",
+    ),
+    Option(
+        "config_dir",
+        "--config-dir",
+        "NVPLUGIN_CONFIG_DIR",
+        parse_path,
+        "directory of named configs, chosen per node by the label nvidia.com/device-plugin.config",
+        "DIR",
+    ),
+    Option(
+        "default_config",
+        "--default-config",
+        "DEFAULT_CONFIG",
+        parse_path,
+        "config name used when the node has no nvidia.com/device-plugin.config label",
+        "NAME",
+    ),
+    Option(
+        "machine_type_file",
+        "--machine-type-file",
+        "MACHINE_TYPE_FILE",
+        parse_path,
+        "file holding the machine type for nvidia.com/gpu.machine (DMI product name)",
+        "FILE",
     ),
 )
 

@@ -1,0 +1,124 @@
+"""The agent process with --labels: node labels and per-node config through the test API server,
+while the kubelet side keeps serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from nvplugin.testing.apiserver import FakeApiServer
+from nvplugin.testing.kubelet import KubeletSimulator
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE = "gpu-node-7"
+
+pytestmark = pytest.mark.anyio
+
+
+def spawn(plugin_dir: Path, kubeconfig: Path, *args: str) -> subprocess.Popen[str]:
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nvplugin",
+            "run",
+            "--fake-gpus",
+            "2",
+            "--kubelet-socket",
+            str(plugin_dir / "kubelet.sock"),
+            "--labels",
+            "--kubeconfig",
+            str(kubeconfig),
+            *args,
+        ],
+        env={**os.environ, "PYTHONPATH": pythonpath, "NODE_NAME": NODE},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def eventually(check: object, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await anyio.sleep(0.02)
+
+
+async def finish(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _, err = await anyio.to_thread.run_sync(proc.communicate)
+    assert proc.returncode == 0, err
+    return err
+
+
+async def test_labels_applied_and_kubelet_served_through_an_api_outage(
+    plugin_dir: Path, tmp_path: Path
+) -> None:
+    api = FakeApiServer(bookmark_interval=0.2)
+    async with api, KubeletSimulator(plugin_dir) as kubelet:
+        api.add_node(NODE)
+        proc = spawn(plugin_dir, api.write_kubeconfig(tmp_path / "kubeconfig"))
+        try:
+            plugin = await kubelet.wait_registered("nvidia.com/gpu", timeout=15)
+            await eventually(
+                lambda: api.labels(NODE).get("nvidia.com/gpu.product") == "NVIDIA-H100-80GB-HBM3"
+            )
+            labels = api.labels(NODE)
+            assert labels["nvidia.com/gpu.count"] == "2" and labels["nvidia.com/gpu.present"] == "true"
+            # Someone tampers with a label: repaired.
+            api.set_labels(NODE, {"nvidia.com/gpu.count": "7"})
+            await eventually(lambda: api.labels(NODE)["nvidia.com/gpu.count"] == "2")
+            # The API server goes away: the kubelet side keeps serving.
+            await api.stop()
+            response = await kubelet.allocate("nvidia.com/gpu", list(plugin.devices)[:1])
+            assert response.envs["NVIDIA_VISIBLE_DEVICES"].startswith("GPU-")
+            assert proc.poll() is None
+        finally:
+            await finish(proc)
+
+
+async def test_node_label_switches_the_config(plugin_dir: Path, tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "default").write_text("version: v1\n")
+    (configs / "shared4").write_text(
+        "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - name: nvidia.com/gpu\n        replicas: 4\n"
+    )
+    api = FakeApiServer(bookmark_interval=0.2)
+    async with api, KubeletSimulator(plugin_dir) as kubelet:
+        api.add_node(NODE)
+        proc = spawn(plugin_dir, api.write_kubeconfig(tmp_path / "kubeconfig"), "--config-dir", str(configs))
+        try:
+            plugin = await kubelet.wait_registered("nvidia.com/gpu", timeout=15)
+            assert plugin.capacity == 2
+            await eventually(lambda: "nvidia.com/gpu.product" in api.labels(NODE))
+            api.set_labels(NODE, {"nvidia.com/device-plugin.config": "shared4"})
+            plugin = await kubelet.wait_registered("nvidia.com/gpu", count=2, timeout=15)
+            assert plugin.capacity == 8
+            await eventually(lambda: api.labels(NODE).get("nvidia.com/gpu.replicas") == "4")
+            # An unknown name is reported and the current config kept.
+            api.set_labels(NODE, {"nvidia.com/device-plugin.config": "nope"})
+            await anyio.sleep(0.5)
+            assert kubelet.plugins["nvidia.com/gpu"].capacity == 8
+        finally:
+            err = await finish(proc)
+    assert "names no config" in err
+
+
+def test_kubernetes_client_is_not_imported_without_labels() -> None:
+    code = (
+        "import sys, nvplugin.cli, nvplugin.agent, nvplugin.nvml.fake, nvplugin.plugin.server;"
+        "print(any(m.startswith(('kubernetes_asyncio', 'aiohttp')) for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
