@@ -297,6 +297,8 @@ class MetricsServer:
         *,
         liveness: Check = always_ok,
         readiness: Check = always_ok,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.address = address
         self.metrics = metrics
@@ -306,7 +308,8 @@ class MetricsServer:
         self._registry: Any = None
         self._generate: Callable[[Any], bytes] | None = None
         self._content_type = "text/plain; version=0.0.4; charset=utf-8"
-        self._slots = anyio.CapacityLimiter(MAX_CONNECTIONS)
+        self.request_timeout = request_timeout
+        self._slots = anyio.CapacityLimiter(max_connections)
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind, report the bound port through task_status (`port = await tg.start(server.serve)`),
@@ -350,7 +353,7 @@ class MetricsServer:
                 await stream.aclose()
 
     async def _answer(self, stream: SocketStream) -> tuple[int, bytes, dict[str, str]]:
-        with anyio.move_on_after(REQUEST_TIMEOUT):
+        with anyio.move_on_after(self.request_timeout):
             head = await _read_head(stream)
             if head is None:
                 return 431, b"request too large\n", {}
@@ -388,7 +391,7 @@ class MetricsServer:
         lines = [f"HTTP/1.1 {status} {_REASONS[status]}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
-        with anyio.move_on_after(REQUEST_TIMEOUT):
+        with anyio.move_on_after(self.request_timeout):
             await stream.send("\r\n".join(lines).encode("latin-1") + body)
 
 
