@@ -47,7 +47,7 @@ def test_off_switches_the_endpoint_off(raw: str) -> None:
         (":0", "the port 0 is out of range"),
         (":65536", "the port 65536 is out of range"),
         (":99999999999", "out of range"),
-        (":８０", "is not a number"),  # full-width digits: str.isdigit() alone would take them
+        (":\uff18\uff10", "is not a number"),  # full-width digits: str.isdigit() alone would take them
         ("::1:8080", "write an IPv6 address in brackets, e.g. [::1]:8080"),
         ("[::1]8080", "must be followed by :PORT"),
         ("[::1:8080", "must be followed by :PORT"),
@@ -95,7 +95,9 @@ def test_config_default_flag_env_and_error() -> None:
     )
     # flag beats env; "off" from the flag wins too
     assert resolve({"metrics_address": "off"}, {"NVPLUGIN_METRICS_ADDRESS": ":9100"}).metrics_address is None
-    with pytest.raises(ConfigError, match=r"^environment variable NVPLUGIN_METRICS_ADDRESS: expected HOST:PORT"):
+    with pytest.raises(
+        ConfigError, match=r"^environment variable NVPLUGIN_METRICS_ADDRESS: expected HOST:PORT"
+    ):
         resolve({}, {"NVPLUGIN_METRICS_ADDRESS": "nonsense"})
     with pytest.raises(ConfigError, match=r"^--metrics-address: expected HOST:PORT with port 1-65535"):
         resolve({"metrics_address": ":0"}, {})

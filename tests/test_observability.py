@@ -178,7 +178,10 @@ async def test_healthz_and_readyz_follow_their_callables() -> None:
     state = {"alive": True, "ready": False}
     async with serving(
         liveness=lambda: (state["alive"], "tasks running" if state["alive"] else "task kubelet-side died"),
-        readiness=lambda: (state["ready"], "registered" if state["ready"] else "not registered: nvidia.com/gpu"),
+        readiness=lambda: (
+            state["ready"],
+            "registered" if state["ready"] else "not registered: nvidia.com/gpu",
+        ),
     ) as server:
         status, headers, body = await http_get(server, "/healthz")
         assert (status, body) == (200, "ok: tasks running\n")
@@ -309,7 +312,9 @@ async def test_bind_failure_names_the_address() -> None:
     async with serving() as first:
         assert first.port is not None
         taken = MetricsServer(ListenAddress("127.0.0.1", first.port), Metrics())
-        with pytest.raises(OSError, match=rf"cannot listen on 127\.0\.0\.1:{first.port} for metrics and probes"):
+        with pytest.raises(
+            OSError, match=rf"cannot listen on 127\.0\.0\.1:{first.port} for metrics and probes"
+        ):
             await taken.serve()
 
 
