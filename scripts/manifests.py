@@ -225,9 +225,7 @@ def resource_files(root: Path = MANIFESTS) -> list[Path]:
     """Every YAML file that holds complete Kubernetes objects (not kustomizations, not patches)."""
     patches = patch_files(root)
     return sorted(
-        p
-        for p in root.rglob("*.y*ml")
-        if p.name not in KUSTOMIZATION_NAMES and p.resolve() not in patches
+        p for p in root.rglob("*.y*ml") if p.name not in KUSTOMIZATION_NAMES and p.resolve() not in patches
     )
 
 
@@ -238,7 +236,10 @@ def run(step: str, command: list[str], env: dict[str, str] | None = None) -> boo
     started = time.monotonic()
     print(f"--- {step}: {' '.join(command)}", flush=True)
     done = subprocess.run(command, env={**os.environ, **(env or {})}, check=False)
-    print(f"--- {step}: {'ok' if done.returncode == 0 else 'FAILED'} ({time.monotonic() - started:.1f} s)", flush=True)
+    print(
+        f"--- {step}: {'ok' if done.returncode == 0 else 'FAILED'} ({time.monotonic() - started:.1f} s)",
+        flush=True,
+    )
     return done.returncode == 0
 
 
@@ -261,8 +262,14 @@ def check() -> int:
             target = Path(out) / f"{name}.yaml"
             target.write_text(yaml.safe_dump_all(render(directory), sort_keys=False))
             rendered.append(str(target))
-        print(f"rendered {len(rendered)} kustomizations: {', '.join(str(d.relative_to(ROOT)) for d in kustomization_dirs())}")
-        results = [run("yamllint", [tool("yamllint"), "--strict", "-c", ".yamllint.yaml", "manifests", ".yamllint.yaml"])]
+        names = ", ".join(str(d.relative_to(ROOT)) for d in kustomization_dirs())
+        print(f"rendered {len(rendered)} kustomizations: {names}")
+        results = [
+            run(
+                "yamllint",
+                [tool("yamllint"), "--strict", "-c", ".yamllint.yaml", "manifests", ".yamllint.yaml"],
+            )
+        ]
         for version in KUBERNETES_VERSIONS:
             results.append(
                 run(
@@ -272,7 +279,9 @@ def check() -> int:
             )
         no_network = {"BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
         checkov = [tool("checkov"), "--framework", "kubernetes", "--skip-download", "--compact", "--quiet"]
-        skip_patches = [arg for p in sorted(patch_files()) for arg in ("--skip-path", str(p.relative_to(MANIFESTS)))]
+        skip_patches = [
+            arg for p in sorted(patch_files()) for arg in ("--skip-path", str(p.relative_to(MANIFESTS)))
+        ]
         results.append(run("checkov (files)", [*checkov, "-d", "manifests", *skip_patches], no_network))
         results.append(run("checkov (rendered)", [*checkov, "-d", out], no_network))
         results.append(run("hadolint", [tool("hadolint"), "Dockerfile"]))
