@@ -7,7 +7,6 @@ ListenAddress, or raises AddressError with a message that names the flag and wha
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ DISABLED_WORDS = ("off", "none", "disabled")
 
 # A DNS name (RFC 1123 labels): what a host part may be when it is not an IP literal.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+_HOSTNAME = rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$"  # compiled on first use, off the start-up path
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +75,7 @@ def parse_listen_address(where: str, raw: object, *, allow_port_zero: bool = Fal
         if ":" in host:
             raise bad(f"write an IPv6 address in brackets, e.g. [{host}]:{port_text}")
         numeric = host.replace(".", "").isdigit()
-        if host and not (_is_ipv4(host) or (_HOSTNAME.match(host) and not numeric)):
+        if host and not (_is_ipv4(host) or (re.match(_HOSTNAME, host) and not numeric)):
             raise bad(f"{host!r} is neither an IP address nor a host name")
     if not (port_text.isascii() and port_text.isdigit()):
         raise bad(f"the port {port_text!r} is not a number")
@@ -87,6 +86,8 @@ def parse_listen_address(where: str, raw: object, *, allow_port_zero: bool = Fal
 
 
 def _is_ipv4(text: str) -> bool:
+    import ipaddress  # here, not at the top: config (on the path to Register) imports this module
+
     try:
         ipaddress.IPv4Address(text)
     except ValueError:
@@ -95,6 +96,8 @@ def _is_ipv4(text: str) -> bool:
 
 
 def _is_ipv6(text: str) -> bool:
+    import ipaddress
+
     try:
         ipaddress.IPv6Address(text)
     except ValueError:
