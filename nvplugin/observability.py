@@ -19,15 +19,17 @@ from __future__ import annotations
 import logging
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import SocketStream, TaskStatus
 
 from nvplugin import __version__
 from nvplugin.core.address import ListenAddress
+from nvplugin.core.resources import HEALTHY as KUBELET_HEALTHY
+from nvplugin.core.resources import Resource, device_health
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +212,61 @@ def _result(ok: bool) -> str:
 
 def _float_label(value: float) -> str:
     return repr(float(value))
+
+
+# --------------------------------------------------------------------------- device gauges
+
+
+class StateView(Protocol):
+    """What track_devices reads of the agent's NodeState."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def resources(self) -> tuple[Resource, ...]: ...
+
+    @property
+    def unhealthy(self) -> Mapping[str, str]: ...
+
+    async def wait_changed(self, seen_version: int) -> int: ...
+
+
+DeviceHealth = dict[str, dict[str, str]]  # resource name -> advertised device ID -> health
+
+
+def device_health_map(resources: tuple[Resource, ...], unhealthy: Mapping[str, str]) -> DeviceHealth:
+    """What the kubelet is told, per resource and device (the same rule as ListAndWatch)."""
+    return {r.name: {d.id: device_health(d, unhealthy) for d in r.devices} for r in resources}
+
+
+def record_device_changes(metrics: Metrics, previous: DeviceHealth, current: DeviceHealth) -> None:
+    """Set the device gauges from `current`; count a transition for every advertised device
+    whose health differs from `previous` (devices that appear or vanish on reload are not
+    transitions); drop the gauges of resources that are gone."""
+    for name, devices in current.items():
+        healthy = sum(1 for health in devices.values() if health == KUBELET_HEALTHY)
+        metrics.devices(name, healthy, len(devices) - healthy)
+        before = previous.get(name, {})
+        for device_id, health in devices.items():
+            if device_id in before and before[device_id] != health:
+                metrics.health_transition(name, health)
+    for name in previous.keys() - current.keys():
+        metrics.forget_resource(name)
+
+
+async def track_devices(state: StateView, metrics: Metrics) -> None:
+    """Keep nvplugin_devices and nvplugin_health_transitions_total in step with the state:
+    wakes on every state change (no polling), runs until cancelled."""
+    previous: DeviceHealth = {}
+    seen = -1
+    while True:
+        if state.version != seen:
+            seen = state.version
+            current = device_health_map(state.resources, state.unhealthy)
+            record_device_changes(metrics, previous, current)
+            previous = current
+        await state.wait_changed(seen)
 
 
 # --------------------------------------------------------------------------- exposition

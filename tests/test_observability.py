@@ -15,12 +15,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nvplugin.core.address import ListenAddress
+from nvplugin.core.resources import AdvertisedDevice, Resource
 from nvplugin.observability import (
     LATENCY_BUCKETS,
     NULL_METRICS,
     Metrics,
     MetricsServer,
     parse_request_line,
+    record_device_changes,
+    track_devices,
 )
 
 GPU = "nvidia.com/gpu"
@@ -391,3 +394,75 @@ def test_recording_does_not_import_prometheus_client() -> None:
         "assert 'prometheus_client' not in sys.modules, 'imported too early'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- device gauges from the state
+
+
+def gpu_device(uuid: str, replica: int = 0) -> AdvertisedDevice:
+    device_id = f"{uuid}::{replica}" if replica else uuid
+    return AdvertisedDevice(device_id, uuid, "0", uuid, None, ("/dev/nvidia0",), replica)
+
+
+class StandInState:
+    """The part of the agent's NodeState that track_devices reads (NodeState is the lead's)."""
+
+    def __init__(self, resources: tuple[Resource, ...]) -> None:
+        self.version = 0
+        self.resources = resources
+        self.unhealthy: dict[str, str] = {}
+        self._changed = anyio.Event()
+
+    def change(self, **marks: str | None) -> None:
+        for uuid, reason in marks.items():
+            if reason is None:
+                self.unhealthy.pop(uuid, None)
+            else:
+                self.unhealthy[uuid] = reason
+        self.version += 1
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_changed(self, seen_version: int) -> int:
+        if self.version == seen_version:
+            await self._changed.wait()
+        return self.version
+
+
+def test_record_device_changes_counts_transitions_per_advertised_device() -> None:
+    metrics = Metrics()
+    mig = "nvidia.com/mig-1g.10gb"
+    before = {GPU: {"A": "Healthy", "B": "Healthy"}, mig: {"M": "Healthy"}}
+    after = {GPU: {"A": "Unhealthy", "B": "Healthy", "C": "Unhealthy"}}  # C is new: not a transition
+    record_device_changes(metrics, before, after)
+    assert metrics.value("health_transitions", GPU, "unhealthy") == 1
+    assert metrics.value("health_transitions", GPU, "healthy") == 0
+    assert metrics.value("devices", GPU, "healthy") == 1
+    assert metrics.value("devices", GPU, "unhealthy") == 2
+    devices, _, _ = metrics.snapshot()
+    assert not any(resource == mig for resource, _ in devices)  # the vanished resource is dropped
+
+
+@pytest.mark.anyio
+async def test_track_devices_follows_health_marks_without_polling() -> None:
+    # GPU-a is shared by time-slicing (2 replicas), GPU-b is whole.
+    resource = Resource(GPU, (gpu_device("GPU-a", 1), gpu_device("GPU-a", 2), gpu_device("GPU-b")))
+    state = StandInState((resource,))
+    metrics = Metrics()
+
+    async def until(condition: Callable[[], bool]) -> None:
+        with anyio.fail_after(2):
+            while not condition():  # noqa: ASYNC110 (the tracker's effect is what we wait for)
+                await anyio.sleep(0.001)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(track_devices, state, metrics)
+        await until(lambda: metrics.value("devices", GPU, "healthy") == 3)
+        state.change(**{"GPU-a": "XID 79"})
+        await until(lambda: metrics.value("devices", GPU, "unhealthy") == 2)
+        assert metrics.value("devices", GPU, "healthy") == 1
+        assert metrics.value("health_transitions", GPU, "unhealthy") == 2  # both replicas went
+        state.change(**{"GPU-a": None})
+        await until(lambda: metrics.value("devices", GPU, "healthy") == 3)
+        assert metrics.value("health_transitions", GPU, "healthy") == 2
+        tg.cancel_scope.cancel()
