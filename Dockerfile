@@ -32,7 +32,7 @@ ENV PATH=/opt/nvplugin/bin:$PATH \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=utility
 # Non-root by default. The DaemonSet runs it as UID 0 with every capability dropped, because
-# the kubelet's device-plugin directory is root-owned 0750 (see manifests/daemonset.yaml).
+# the kubelet's device-plugin directory is root-owned 0750 (see manifests/base/daemonset.yaml).
 USER 65532:65532
 # /metrics, /healthz, /readyz (--metrics-address / NVPLUGIN_METRICS_ADDRESS).
 EXPOSE 8080

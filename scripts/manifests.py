@@ -9,7 +9,8 @@ by kind and name), `namespace` and `images`. Anything else in a kustomization is
 rather than silently ignored, so the test that uses this renderer cannot pass on a
 kustomization it does not understand.
 
-`check` runs, offline: yamllint (.yamllint.yaml); kubernetes-validate --strict on every
+`check` runs, offline: `kubectl kustomize` on every kustomization, compared object by object
+with this renderer; yamllint (.yamllint.yaml); kubernetes-validate --strict on every
 resource file and on every rendered kustomization, against the oldest and newest Kubernetes
 versions we support; checkov (--skip-download, BC_SKIP_MAPPING=TRUE: no network) on the files
 and on the rendered output; hadolint on the Dockerfile. It exits non-zero if any of them fails.
@@ -90,15 +91,22 @@ def load_documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
-def render(directory: Path) -> list[dict[str, Any]]:
+def render(directory: Path, _visited: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
     """The objects `kubectl apply -k directory` would send, in order."""
     directory = directory.resolve()
+    # kustomize refuses a kustomization whose directory contains one it came from (an overlay
+    # inside its base): "cycle detected: candidate root ... contains visited root ...".
+    for root in _visited:
+        if root == directory or directory in root.parents:
+            raise RenderError(
+                f"cycle detected: {directory} contains the kustomization {root} that includes it"
+            )
     spec = load_kustomization(directory)
     objects: list[dict[str, Any]] = []
     for entry in spec.get("resources", []):
         target = (directory / entry).resolve()
         if target.is_dir():
-            objects += render(target)
+            objects += render(target, (*_visited, directory))
         elif target.is_file():
             if directory not in target.parents:
                 raise RenderError(f"{directory}: {entry} is a file outside the kustomization's directory")
@@ -285,9 +293,43 @@ def check() -> int:
         results.append(run("checkov (files)", [*checkov, "-d", "manifests", *skip_patches], no_network))
         results.append(run("checkov (rendered)", [*checkov, "-d", out], no_network))
         results.append(run("hadolint", [tool("hadolint"), "Dockerfile"]))
+        results.append(compare_with_kubectl())
     failed = results.count(False)
     print(f"manifests: {len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def comparable(objects: list[dict[str, Any]]) -> list[str]:
+    return sorted(yaml.safe_dump(o, sort_keys=True) for o in objects)
+
+
+def compare_with_kubectl() -> bool:
+    """`kubectl kustomize` (kustomize as kubectl embeds it) must render every kustomization,
+    to exactly what this renderer (and so the tests) sees."""
+    started = time.monotonic()
+    print("--- kubectl kustomize: every kustomization, compared with scripts/manifests.py", flush=True)
+    ok = True
+    for directory in kustomization_dirs():
+        done = subprocess.run(
+            [tool("kubectl"), "kustomize", str(directory)], capture_output=True, text=True, check=False
+        )
+        name = directory.relative_to(ROOT)
+        if done.returncode != 0:
+            print(f"{name}: kubectl kustomize failed: {done.stderr.strip()}")
+            ok = False
+        elif comparable(load_all(done.stdout)) != comparable(render(directory)):
+            print(f"{name}: kubectl kustomize renders something else than scripts/manifests.py")
+            ok = False
+        else:
+            print(f"{name}: same {len(render(directory))} objects")
+    print(
+        f"--- kubectl kustomize: {'ok' if ok else 'FAILED'} ({time.monotonic() - started:.1f} s)", flush=True
+    )
+    return ok
+
+
+def load_all(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc is not None]
 
 
 def main(argv: list[str]) -> int:

@@ -63,10 +63,13 @@ def container(daemonset: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_kustomization_lists_every_file_except_examples_and_overlays() -> None:
-    listed = set(kustomize.load_kustomization(MANIFESTS)["resources"])
-    on_disk = {p.name for p in MANIFESTS.glob("*.yaml") if p.name != "kustomization.yaml"}
+    # manifests/ installs base/ (kustomize refuses an overlay inside its base's directory, so
+    # the files live one level down); base/ lists every file in it.
+    assert kustomize.load_kustomization(MANIFESTS)["resources"] == ["base"]
+    assert {p.name for p in MANIFESTS.iterdir()} == {"kustomization.yaml", "base", "examples", "overlays"}
+    listed = set(kustomize.load_kustomization(MANIFESTS / "base")["resources"])
+    on_disk = {p.name for p in (MANIFESTS / "base").iterdir() if p.name != "kustomization.yaml"}
     assert listed == on_disk
-    assert not any(entry.startswith(("examples", "overlays")) for entry in listed)
 
 
 def test_every_kustomization_renders_and_every_file_is_used() -> None:
@@ -184,7 +187,7 @@ def test_security_context(daemonset: dict[str, Any], container: dict[str, Any]) 
     # UID 0 is a decision (the kubelet's directory is root-owned 0750), explained beside it.
     assert context["runAsUser"] == 0
     assert context["runAsNonRoot"] is False
-    text = (MANIFESTS / "daemonset.yaml").read_text()
+    text = (MANIFESTS / "base" / "daemonset.yaml").read_text()
     assert "root-owned 0750" in text
 
 
@@ -275,6 +278,16 @@ def test_time_slicing_example_replaces_the_agents_config(base: list[dict[str, An
 
 
 # --------------------------------------------------------------------------- the renderer itself
+
+
+def test_renderer_refuses_an_overlay_inside_its_base(tmp_path: Path) -> None:
+    # kustomize: "cycle detected: candidate root ... contains visited root ..."
+    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n")
+    (tmp_path / "kustomization.yaml").write_text("resources: [cm.yaml]\n")
+    (tmp_path / "overlay").mkdir()
+    (tmp_path / "overlay" / "kustomization.yaml").write_text("resources: [../]\n")
+    with pytest.raises(kustomize.RenderError, match="cycle detected"):
+        kustomize.render(tmp_path / "overlay")
 
 
 def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:

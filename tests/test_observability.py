@@ -311,6 +311,16 @@ async def test_bare_lf_request_is_understood() -> None:
 
 
 @pytest.mark.anyio
+async def test_empty_host_listens_on_every_interface() -> None:
+    # ":8080" (the default) must be reachable on the pod IP, where the kubelet probes.
+    server = MetricsServer(ListenAddress("", 0), Metrics())
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        assert (await raw_exchange(server, b"GET /healthz HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
 async def test_bind_failure_names_the_address() -> None:
     async with serving() as first:
         assert first.port is not None
