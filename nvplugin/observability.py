@@ -2,8 +2,9 @@
 
 `Metrics` is the facade every component calls (`metrics.allocation(...)`, `metrics.xid(...)`).
 It records into plain Python counters from the first moment of start-up, so nothing that
-happens before the HTTP server starts (the first Register, above all) is lost, and it imports
-nothing: prometheus-client is imported only when the server starts, off the path to Register.
+happens before the HTTP server starts (the first Register, above all) is lost, and it needs
+no third-party import: prometheus-client is imported only when the server starts, off the
+path to Register.
 At scrape time a collector turns the recorded values into Prometheus metric families.
 `NULL_METRICS` has the same methods and does nothing (metrics switched off, tests, tools), so
 callers never check for None.
@@ -87,7 +88,8 @@ class _Histogram:
 
 
 class Metrics:
-    """Records what the agent does. Cheap (a lock and a dict update), thread-safe, no imports.
+    """Records what the agent does. Cheap (a lock and a dict update), thread-safe, and free of
+    third-party imports.
 
     Label values come from a small set (resource names, XID codes, API call kinds), so the
     number of series stays bounded."""
