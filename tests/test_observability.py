@@ -1,4 +1,5 @@
-"""The metrics facade and the HTTP endpoint, over real TCP connections on 127.0.0.1."""
+"""The metrics facade (nvplugin.observability) and the HTTP endpoint (nvplugin.metrics_server),
+over real TCP connections on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nvplugin.core.address import ListenAddress
 from nvplugin.core.resources import AdvertisedDevice, Resource
+from nvplugin.metrics_server import MetricsServer, parse_request_line
 from nvplugin.observability import (
     LATENCY_BUCKETS,
     NULL_METRICS,
     Metrics,
-    MetricsServer,
-    parse_request_line,
     record_device_changes,
     track_devices,
 )
@@ -399,7 +399,8 @@ def test_recording_does_not_import_prometheus_client() -> None:
     # be imported when the server starts (after Register).
     code = (
         "import sys\n"
-        "from nvplugin.observability import Metrics, MetricsServer\n"
+        "from nvplugin.observability import Metrics\n"
+        "import nvplugin.metrics_server\n"
         "m = Metrics(); m.allocation('nvidia.com/gpu', 0.001, True); m.xid(79); m.snapshot()\n"
         "assert 'prometheus_client' not in sys.modules, 'imported too early'\n"
     )
