@@ -38,10 +38,10 @@ class Config:
     # Where device nodes live; None means the driver root (NVIDIA's rule).
     dev_root: str | None = None
     config_file: str | None = None
-    # Run on the fake NVML backend: a GPU count or a layout file. None: the real NVML.
-    fake_gpus: str | None = None
     # Where /metrics, /healthz and /readyz are served; None: not served (--metrics-address off).
     metrics_address: ListenAddress | None = DEFAULT_METRICS_ADDRESS
+    # Run on the fake NVML backend: a GPU count or a layout file. None: the real NVML.
+    fake_gpus: str | None = None
 
     @property
     def plugin_dir(self) -> str:
