@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from nvplugin.core.address import DEFAULT_METRICS_ADDRESS, AddressError, ListenAddress, parse_listen_address
+
 DEFAULT_KUBELET_SOCKET = "/var/lib/kubelet/device-plugins/kubelet.sock"
 
 MIG_STRATEGIES = ("none", "single", "mixed")
@@ -80,6 +82,8 @@ class Config:
     # Where device nodes live; None means the driver root (NVIDIA's rule).
     dev_root: str | None = None
     config_file: str | None = None
+    # Where /metrics, /healthz and /readyz are served; None: not served (--metrics-address off).
+    metrics_address: ListenAddress | None = DEFAULT_METRICS_ADDRESS
     # Run on the fake NVML backend: a GPU count or a layout file. None: the real NVML.
     fake_gpus: str | None = None
     # GetPreferredAllocation over time-sliced replicas: spread over GPUs or fill one first.
@@ -381,6 +385,26 @@ OPTIONS: tuple[Option, ...] = (
         parse_path,
         "file holding the machine type for nvidia.com/gpu.machine (DMI product name)",
         "FILE",
+    ),
+)
+
+
+def parse_metrics_address(where: str, raw: object) -> ListenAddress | None:
+    try:
+        return parse_listen_address(where, raw)
+    except AddressError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+OPTIONS += (
+    Option(
+        "metrics_address",
+        "--metrics-address",
+        "NVPLUGIN_METRICS_ADDRESS",
+        parse_metrics_address,
+        "serve /metrics, /healthz and /readyz on HOST:PORT (:PORT = every interface; off = not at all; "
+        f"default {DEFAULT_METRICS_ADDRESS})",
+        "HOST:PORT",
     ),
 )
 
