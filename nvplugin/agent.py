@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
@@ -27,9 +28,13 @@ from nvplugin.core.resources import Resource, plan_resources
 from nvplugin.devicenodes import existing_control_nodes
 from nvplugin.nvml.base import LIBRARY_HINT, Nvml, NvmlError, NvmlLibraryNotFound
 from nvplugin.nvml.discovery import discover
+from nvplugin.observability import NULL_METRICS, Metrics, track_devices
 from nvplugin.plugin.registration import register_with_retry
 from nvplugin.plugin.server import PluginServer
 from nvplugin.state import NodeState
+
+if TYPE_CHECKING:
+    from nvplugin.metrics_server import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,10 @@ class Agent:
         self.config = config.with_changes(kubelet_socket=os.path.abspath(config.kubelet_socket))
         self.nvml = nvml
         self.state = NodeState(EMPTY_INVENTORY, ())
+        # Records from the first second on; shown once the endpoint starts (after Register).
+        self.metrics: Metrics = Metrics() if self.config.metrics_address is not None else NULL_METRICS
+        # The /metrics, /healthz, /readyz endpoint once it runs (its bound port: tests).
+        self.metrics_server: MetricsServer | None = None
         self.registered: dict[str, bool] = {}
         self.servers: list[PluginServer] = []
         self.generation = 0
@@ -195,6 +204,9 @@ class Agent:
                     tg.start_soon(self._signals, name="signals")
                 tg.start_soon(self._supervise, "kubelet-watcher", _watch_kubelet_dir, name="kubelet-watcher")
                 tg.start_soon(self._supervise, "kubelet-side", _serve_kubelet, name="kubelet-side")
+                tg.start_soon(self._supervise, "device-metrics", _track_devices, name="device-metrics")
+                if self.config.metrics_address is not None:
+                    tg.start_soon(self._supervise, "metrics-server", _serve_metrics, name="metrics-server")
                 for name, factory in self._extra_tasks:
                     tg.start_soon(self._supervise, name, factory, name=name)
                 self.started.set()
@@ -300,6 +312,7 @@ class Agent:
                 while True:
                     inode = self._kubelet_inode()
                     if inode is not None and inode != self._registered_kubelet_inode:
+                        self.metrics.kubelet_restart()
                         self.request_restart("kubelet.sock was re-created (kubelet restarted)")
                         return
                     await anyio.sleep(RESTART_PROBE_INTERVAL)
@@ -318,6 +331,7 @@ class Agent:
                 None,
                 self._registered_kubelet_inode,
             ):
+                self.metrics.kubelet_restart()
                 self.request_restart("kubelet.sock was re-created (kubelet restarted)")
         elif not added and path in self._own_sockets:
             self.request_restart(f"our socket {os.path.basename(path)} was removed")
@@ -334,6 +348,7 @@ async def _serve_kubelet(agent: Agent) -> None:
         ]
         for server in servers:
             server.servicer.on_stream_lost = agent.on_stream_lost
+            server.servicer.on_allocate = agent.metrics.allocation
         agent.servers = servers
         agent.registered = {s.resource_name: False for s in servers}
         try:
@@ -357,13 +372,53 @@ async def _serve_kubelet(agent: Agent) -> None:
 
 
 async def _register(agent: Agent, server: PluginServer) -> None:
-    await register_with_retry(agent.config.kubelet_socket, server.socket_name, server.resource_name)
+    attempts = await register_with_retry(
+        agent.config.kubelet_socket, server.socket_name, server.resource_name
+    )
+    for _ in range(attempts - 1):
+        agent.metrics.registered(server.resource_name, ok=False)
+    agent.metrics.registered(server.resource_name)
     agent.registered[server.resource_name] = True
     if agent.ready:
         if agent._first_attempt is not None:
             agent._first_attempt.set()
         if agent._registered_once is not None:
             agent._registered_once.set()
+
+
+async def _track_devices(agent: Agent) -> None:
+    await track_devices(agent.state, agent.metrics)
+
+
+def _liveness(agent: Agent) -> tuple[bool, str]:
+    if agent._tg is None:
+        return False, "the agent's task group is not running"
+    return True, f"event loop answering; generation {agent.generation}"
+
+
+def _readiness(agent: Agent) -> tuple[bool, str]:
+    if not agent.state.resources:
+        return True, "no GPUs on this node: nothing to register"
+    missing = [name for name, done in agent.registered.items() if not done]
+    if agent.ready:
+        return True, f"registered {', '.join(sorted(agent.registered))}"
+    return False, f"not registered with the kubelet: {', '.join(missing) or 'waiting for the kubelet'}"
+
+
+async def _serve_metrics(agent: Agent) -> None:
+    # Off the start -> Register path, like the watcher; but serve probes even if Register hangs.
+    if agent._first_attempt is not None:
+        with anyio.move_on_after(5.0):
+            await agent._first_attempt.wait()
+    from nvplugin.metrics_server import MetricsServer
+
+    address = agent.config.metrics_address
+    assert address is not None
+    server = MetricsServer(
+        address, agent.metrics, liveness=lambda: _liveness(agent), readiness=lambda: _readiness(agent)
+    )
+    agent.metrics_server = server
+    await server.serve()
 
 
 async def _watch_kubelet_dir(agent: Agent) -> None:

@@ -212,7 +212,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _simulate_config(args: argparse.Namespace, config: Config) -> Config:
     from nvplugin.core.config import parse_fake_gpus
 
-    return config.with_changes(fake_gpus=parse_fake_gpus("--fake-gpus", args.fake_gpus))
+    config = config.with_changes(fake_gpus=parse_fake_gpus("--fake-gpus", args.fake_gpus))
+    if args.metrics_address is None and not os.environ.get("NVPLUGIN_METRICS_ADDRESS"):
+        config = config.with_changes(metrics_address=None)  # a local demo binds no port unless asked
+    return config
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:

@@ -9,6 +9,7 @@ Needs the `dev` extra (grpcio-tools, betterproto2-compiler).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -24,6 +25,10 @@ def generate(out: Path) -> None:
     from grpc_tools import protoc  # imported here: a dev-only dependency
 
     out.mkdir(parents=True, exist_ok=True)
+    # The compiler's plugin, and the ruff it formats with, sit beside this interpreter (a venv's
+    # bin/), which need not be on PATH.
+    bin_dir = str(Path(sys.executable).parent)
+    os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
     args = [
         "protoc",
         f"-I{PROTO_DIR}",

@@ -56,4 +56,5 @@ async def kubelet(plugin_dir: Path) -> AsyncIterator[KubeletSimulator]:
 
 @pytest.fixture
 def config(plugin_dir: Path) -> Config:
-    return Config(kubelet_socket=str(plugin_dir / "kubelet.sock"))
+    # No metrics endpoint by default in tests: many agents would all want :8080.
+    return Config(kubelet_socket=str(plugin_dir / "kubelet.sock"), metrics_address=None)

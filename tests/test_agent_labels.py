@@ -39,7 +39,7 @@ def spawn(plugin_dir: Path, kubeconfig: Path, *args: str) -> subprocess.Popen[st
             str(kubeconfig),
             *args,
         ],
-        env={**os.environ, "PYTHONPATH": pythonpath, "NODE_NAME": NODE},
+        env={**os.environ, "PYTHONPATH": pythonpath, "NODE_NAME": NODE, "NVPLUGIN_METRICS_ADDRESS": "off"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def nvplugin(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[str]:
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    full_env = {**os.environ, "PYTHONPATH": pythonpath, **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": pythonpath, "NVPLUGIN_METRICS_ADDRESS": "off", **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "nvplugin", *args],
         env=full_env,

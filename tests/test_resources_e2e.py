@@ -84,7 +84,7 @@ def spawn(plugin_dir: Path, *args: str) -> subprocess.Popen[str]:
             str(plugin_dir / "kubelet.sock"),
             *args,
         ],
-        env={**os.environ, "PYTHONPATH": pythonpath},
+        env={**os.environ, "PYTHONPATH": pythonpath, "NVPLUGIN_METRICS_ADDRESS": "off"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
