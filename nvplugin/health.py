@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from nvplugin.core.inventory import Gpu
 from nvplugin.core.resources import Resource
@@ -313,28 +314,60 @@ class HealthWatcher:
     # --- events
 
     async def _event_loop(self, handle: _EventSetHandle) -> None:
+        """One long-lived worker thread waits on NVML and hands only events and errors to the
+        loop: timeouts never wake the loop, so an idle watcher costs the loop nothing."""
+        send, receive = anyio.create_memory_object_stream[NvmlEvent | NvmlError](max_buffer_size=1024)
+        stop = threading.Event()
+
+        async def pump() -> None:
+            try:
+                await anyio.to_thread.run_sync(self._pump, handle, stop, send, abandon_on_cancel=True)
+            finally:
+                stop.set()  # an abandoned pump leaves within one wait timeout
+
+        async with anyio.create_task_group() as tg, receive:
+            tg.start_soon(pump)
+            async for item in receive:
+                if isinstance(item, NvmlError):
+                    self.stats.wait_errors += 1
+                    log.warning("NVML event wait failed: %s; probing every GPU", item)
+                    await self._probe_gpus([g.index for g in self._state.inventory.gpus], f"after {item}")
+                else:
+                    await self._on_event(item)
+
+    def _pump(
+        self,
+        handle: _EventSetHandle,
+        stop: threading.Event,
+        send: MemoryObjectSendStream[NvmlEvent | NvmlError],
+    ) -> None:
+        """Runs in the worker thread until `stop`. Raises (a crash the supervisor restarts) on a
+        bug, or when waits keep failing: a fresh event set may cure that."""
         errors_in_row = 0
-        while True:
+        while not stop.is_set():
             self.stats.waits += 1
             try:
-                event = await anyio.to_thread.run_sync(handle.wait, self._timeout_ms, abandon_on_cancel=True)
+                item: NvmlEvent | NvmlError = handle.wait(self._timeout_ms)
+                errors_in_row = 0
             except NvmlTimeout:
                 self.stats.timeouts += 1
                 errors_in_row = 0
                 continue
             except NvmlError as exc:
                 errors_in_row += 1
-                self.stats.wait_errors += 1
-                log.warning("NVML event wait failed: %s; probing every GPU", exc)
-                await self._probe_gpus([g.index for g in self._state.inventory.gpus], f"after {exc}")
-                if errors_in_row >= 5:
+                if errors_in_row > 5:
                     raise RuntimeError(
                         f"NVML event wait failed {errors_in_row} times in a row: {exc}"
                     ) from exc
-                await anyio.sleep(min(0.1 * 2**errors_in_row, 5.0))
-                continue
-            errors_in_row = 0
-            await self._on_event(event)
+                item = exc
+            if stop.is_set():
+                return
+            try:
+                anyio.from_thread.run_sync(send.send_nowait, item)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError, RuntimeError):
+                return  # the loop side is gone or stuck: the supervisor starts over
+            if errors_in_row:
+                stop.wait(min(0.1 * 2**errors_in_row, 5.0))  # no hot loop on a broken event set
 
     async def _on_event(self, event: NvmlEvent) -> None:
         self.stats.events += 1
