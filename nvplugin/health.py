@@ -220,10 +220,17 @@ class HealthWatcher:
         self._wake_recovery = anyio.Event()
         self.stats = WatcherStats()
         self.ready = anyio.Event()  # set once events are registered (tests, benchmarks)
+        self._pump_stopped = threading.Event()
+        self._pump_stopped.set()
 
     @property
     def faults(self) -> Mapping[str, Fault]:
         return dict(self._faults)
+
+    def wait_stopped(self, timeout_s: float = 1.0) -> bool:
+        """Block until the abandoned NVML wait thread has left (at most one wait timeout after
+        cancellation). Call it after the TaskGroup exits and before nvml.shutdown()."""
+        return self._pump_stopped.wait(timeout_s)
 
     # --- supervision
 
@@ -343,6 +350,18 @@ class HealthWatcher:
     ) -> None:
         """Runs in the worker thread until `stop`. Raises (a crash the supervisor restarts) on a
         bug, or when waits keep failing: a fresh event set may cure that."""
+        self._pump_stopped.clear()
+        try:
+            self._pump_until(handle, stop, send)
+        finally:
+            self._pump_stopped.set()
+
+    def _pump_until(
+        self,
+        handle: _EventSetHandle,
+        stop: threading.Event,
+        send: MemoryObjectSendStream[NvmlEvent | NvmlError],
+    ) -> None:
         errors_in_row = 0
         while not stop.is_set():
             self.stats.waits += 1

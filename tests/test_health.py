@@ -296,7 +296,8 @@ async def test_cancellation_during_a_wait_is_prompt_and_frees_the_event_set() ->
         tg.cancel_scope.cancel()
     assert time.monotonic() - started < 0.2
     # the abandoned wait ends within one timeout and frees the set
-    await eventually(lambda: fake.event_stats()["event_sets"] == 0, 1.0)
+    assert await anyio.to_thread.run_sync(watcher.wait_stopped, 1.0)
+    assert fake.event_stats()["event_sets"] == 0
 
 
 async def test_a_gpu_without_events_is_reported_once_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
