@@ -257,3 +257,20 @@ def test_lost_gpu_or_driver_reboot_request_escalates() -> None:
 def test_recovery_disabled_keeps_faults() -> None:
     fault = new_fault(Action.RESTART_APP, "XID 8", 8, now=0.0)
     assert after_probe(fault, OK, 1e9, RecoveryPolicy(enabled=False)) == fault
+
+
+def test_docs_table_matches_the_code() -> None:
+    """docs/xid.md lists the classification; it must say what the code does."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "xid.md").read_text()
+    documented: dict[int, Action] = {}
+    for action in Action:
+        row = re.search(rf"^\| {action.value} \| ([0-9, \u2013]+)(?:,| \|)", text, re.MULTILINE)
+        assert row, f"no row for {action.value}"
+        for part in row.group(1).split(","):
+            low, _, high = part.strip().partition("\u2013")  # en dash
+            for xid in range(int(low), int(high or low) + 1):
+                documented[xid] = action
+    assert documented == dict(XID_ACTIONS)

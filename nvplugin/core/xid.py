@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from nvplugin.core.config import ConfigError
+
 
 class Action(Enum):
     """What an XID needs before the device can be trusted again (ordered by severity)."""
@@ -94,8 +96,9 @@ XID_ACTIONS: Mapping[int, Action] = _table()
 UNKNOWN_XID_ACTION = Action.RESET_GPU
 
 
-class HealthConfigError(ValueError):
-    """A health setting had a value the agent cannot use; the message names it."""
+class HealthConfigError(ConfigError):
+    """A health setting had a value the agent cannot use; the message names it. A ConfigError,
+    so the CLI reports it like any other bad setting."""
 
 
 @dataclass(frozen=True, slots=True)
