@@ -1,1 +1,1 @@
-"""CLI subcommands that live in their own modules: each has add_parser(subparsers) and run(args)."""
+"""CLI subcommands, each a module with add_parser(subparsers) and run(args) -> int."""

@@ -6,7 +6,9 @@ message unchanged, so it must name every offending ID and say why.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import posixpath
+import uuid as uuidlib
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nvplugin.core.config import Config
@@ -15,6 +17,17 @@ from nvplugin.core.resources import AdvertisedDevice, Resource, unhealthy_reason
 
 class AllocationError(ValueError):
     """The request cannot be honoured; the message names the IDs and the reason."""
+
+
+# NVIDIA's names, kept so the container toolkit and CDI specs generated for NVIDIA's plugin work.
+VISIBLE_DEVICES_ENV = "NVIDIA_VISIBLE_DEVICES"
+VOLUME_MOUNTS_ROOT = "/var/run/nvidia-container-devices"
+VOLUME_MOUNTS_HOST_PATH = "/dev/null"
+CDI_DEVICE_KIND = "k8s.device-plugin.nvidia.com/gpu"
+CDI_ANNOTATION_PLUGIN = "nvidia-device-plugin"
+CDI_STRATEGIES = frozenset({"cdi-annotations", "cdi-cri"})
+# Passed with PASS_DEVICE_SPECS when they exist (NVIDIA stats them in its own container).
+CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +84,11 @@ def check_request(
             continue
         chosen.append(device)
     problems = []
+    if resource.fail_requests_greater_than_one and len(ids) > 1 and any("::" in i for i in ids):
+        problems.append(
+            f"maximum request size for shared resources is 1; found {len(ids)} "
+            "(sharing.timeSlicing.failRequestsGreaterThanOne is true)"
+        )
     if unknown:
         problems.append(f"unknown device IDs {_quoted(unknown)} (not advertised by this plugin)")
     if duplicates:
@@ -82,12 +100,82 @@ def check_request(
     return tuple(chosen)
 
 
-def container_allocation(devices: Sequence[AdvertisedDevice], config: Config) -> ContainerAllocation:
-    """The envvar strategy: NVIDIA_VISIBLE_DEVICES lists the devices' UUIDs (or indexes)."""
-    ids = [d.index if config.device_id_strategy == "index" else d.uuid for d in devices]
-    # Replicas of one GPU share its UUID: pass each physical device once, in request order.
-    visible = ",".join(dict.fromkeys(ids))
-    return ContainerAllocation(envs={"NVIDIA_VISIBLE_DEVICES": visible})
+def device_ids(devices: Sequence[AdvertisedDevice], id_strategy: str) -> list[str]:
+    """What the container runtime is told: UUIDs (replica suffix stripped) or NVIDIA indexes,
+    each physical device once, in request order."""
+    ids = (d.index if id_strategy == "index" else d.uuid for d in devices)
+    return list(dict.fromkeys(ids))
+
+
+def cdi_annotation_key(response_id: str, prefix: str = "cdi.k8s.io/") -> str:
+    """The key CDI's UpdateAnnotations makes for one allocation, under `prefix`."""
+    name = f"{CDI_ANNOTATION_PLUGIN}_{response_id.replace('/', '_')}"
+    if len(name) > 63:
+        raise ValueError(f"CDI annotation name {name!r} is longer than 63 characters")
+    return prefix + name
+
+
+def host_path(root: str, path: str) -> str:
+    """Go's filepath.Join(root, path): "/" + "/dev/nvidia0" is "/dev/nvidia0"."""
+    return posixpath.normpath(posixpath.join(root, path.lstrip("/")))
+
+
+def device_specs(
+    devices: Sequence[AdvertisedDevice], root: str, existing_control_nodes: Collection[str] | None = None
+) -> tuple[DeviceSpec, ...]:
+    """NVIDIA's PASS_DEVICE_SPECS list: the control nodes that exist, then every device's own
+    nodes (MIG capability nodes included), each once."""
+    present = CONTROL_NODES if existing_control_nodes is None else existing_control_nodes
+    paths = [p for p in CONTROL_NODES if p in present]
+    paths.extend(node for device in devices for node in device.device_nodes)
+    return tuple(DeviceSpec(container_path=p, host_path=host_path(root, p)) for p in dict.fromkeys(paths))
+
+
+def container_allocation(
+    devices: Sequence[AdvertisedDevice],
+    config: Config,
+    *,
+    existing_control_nodes: Collection[str] | None = None,
+    response_id: str | None = None,
+) -> ContainerAllocation:
+    """NVIDIA's ContainerAllocateResponse for the devices a container was given.
+
+    Follows NVIDIA's getAllocateResponse: CDI strategies first (annotation key from
+    `response_id`, a fresh UUID when None); with only CDI strategies nothing else is set;
+    `envvar` sets NVIDIA_VISIBLE_DEVICES; `volume-mounts` then points it at the mount root and
+    mounts /dev/null per device; PASS_DEVICE_SPECS adds the device nodes.
+    `existing_control_nodes` is the set of CONTROL_NODES present on the node (checked once by
+    the caller); None means all of them.
+    """
+    ids = device_ids(devices, config.device_id_strategy)
+    strategies = set(config.device_list_strategy)
+    annotations: dict[str, str] = {}
+    cdi_devices: tuple[str, ...] = ()
+    qualified = [f"{CDI_DEVICE_KIND}={i}" for i in ids]
+    if "cdi-annotations" in strategies and qualified:
+        key = cdi_annotation_key(response_id or str(uuidlib.uuid4()), config.cdi_annotation_prefix)
+        annotations[key] = ",".join(qualified)
+    if "cdi-cri" in strategies:
+        cdi_devices = tuple(qualified)
+    if strategies <= CDI_STRATEGIES:
+        return ContainerAllocation(annotations=annotations, cdi_devices=cdi_devices)
+
+    envs: dict[str, str] = {}
+    mounts: tuple[Mount, ...] = ()
+    if "envvar" in strategies:
+        envs[VISIBLE_DEVICES_ENV] = ",".join(ids)
+    if "volume-mounts" in strategies:
+        envs[VISIBLE_DEVICES_ENV] = VOLUME_MOUNTS_ROOT
+        mounts = tuple(
+            Mount(container_path=posixpath.join(VOLUME_MOUNTS_ROOT, i), host_path=VOLUME_MOUNTS_HOST_PATH)
+            for i in ids
+        )
+    specs: tuple[DeviceSpec, ...] = ()
+    if config.pass_device_specs:
+        specs = device_specs(devices, config.device_root, existing_control_nodes)
+    return ContainerAllocation(
+        envs=envs, mounts=mounts, devices=specs, annotations=annotations, cdi_devices=cdi_devices
+    )
 
 
 def preferred_allocation(available: Sequence[str], must_include: Sequence[str], size: int) -> list[str]:
@@ -106,4 +194,56 @@ def preferred_allocation(available: Sequence[str], must_include: Sequence[str], 
         if device_id not in taken:
             taken.add(device_id)
             chosen.append(device_id)
+    return chosen
+
+
+def preferred_shared_allocation(
+    resource: Resource,
+    available: Sequence[str],
+    must_include: Sequence[str],
+    size: int,
+    policy: str = "distributed",
+) -> list[str]:
+    """NVIDIA's greedy choice among time-sliced replicas.
+
+    Every must-include ID first; then, one at a time, a replica of the device (GPU or MIG)
+    that the policy ranks best: `distributed` prefers the device with the fewest replicas
+    allocated (taken by other containers or already chosen), `packed` the most; ties go to
+    the device picked from least in this request, then to inventory order (NVIDIA's heap order
+    is arbitrary there). Never fails: a short supply returns what there is.
+    """
+    chosen = list(dict.fromkeys(must_include))
+    needed = size - len(chosen)
+    if needed <= 0:
+        return chosen
+    taken = set(chosen)
+    groups: dict[str, list[str]] = {}
+    for device_id in dict.fromkeys(available):
+        device = resource.device(device_id)
+        if device is not None and device_id not in taken:
+            groups.setdefault(device.uuid, []).append(device_id)
+    order: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for device in resource.devices:
+        order.setdefault(device.uuid, len(order))
+        total[device.uuid] = total.get(device.uuid, 0) + 1
+    free = {key: len(ids) for key, ids in groups.items()}
+    picked: dict[str, int] = dict.fromkeys(groups, 0)
+    for device_id in chosen:
+        device = resource.device(device_id)
+        if device is not None and device.uuid in picked:
+            picked[device.uuid] += 1
+    sign = -1 if policy == "packed" else 1
+
+    def rank(key: str) -> tuple[int, int, int]:
+        return (sign * (total[key] - free[key]), picked[key], order[key])
+
+    while needed > 0 and groups:
+        best = min(groups, key=rank)
+        chosen.append(groups[best].pop(0))
+        free[best] -= 1
+        picked[best] += 1
+        needed -= 1
+        if not groups[best]:
+            del groups[best]
     return chosen

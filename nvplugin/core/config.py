@@ -8,6 +8,7 @@ was expected, so the CLI can print it and exit before touching any socket.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -17,10 +18,53 @@ DEFAULT_KUBELET_SOCKET = "/var/lib/kubelet/device-plugins/kubelet.sock"
 MIG_STRATEGIES = ("none", "single", "mixed")
 DEVICE_LIST_STRATEGIES = ("envvar", "volume-mounts", "cdi-annotations", "cdi-cri")
 DEVICE_ID_STRATEGIES = ("uuid", "index")
+SHARED_DEVICES_ALLOCATION_POLICIES = ("distributed", "packed")
+# NVIDIA's default: renamed shared resources get this suffix ("nvidia.com/gpu.shared").
+SHARED_SUFFIX = ".shared"
 
 
 class ConfigError(ValueError):
     """A setting had a value the agent cannot use. The message is written for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicatedResource:
+    """One `sharing.timeSlicing.resources[]` entry: advertise each device of `name` `replicas` times."""
+
+    name: str
+    replicas: int
+    # The name the replicas are advertised under; None keeps `name` (renameByDefault sets
+    # "<name>.shared").
+    rename: str | None = None
+
+    @property
+    def advertised_name(self) -> str:
+        return self.rename or self.name
+
+
+@dataclass(frozen=True, slots=True)
+class TimeSlicing:
+    rename_by_default: bool = False
+    fail_requests_greater_than_one: bool = False
+    resources: tuple[ReplicatedResource, ...] = ()
+
+    def for_resource(self, name: str) -> ReplicatedResource | None:
+        for resource in self.resources:
+            if resource.name == name:
+                return resource
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Sharing:
+    """The `sharing` section of the config file. Only time-slicing: MPS is refused when read."""
+
+    time_slicing: TimeSlicing = TimeSlicing()
+
+    @property
+    def strategy(self) -> str:
+        """NVIDIA's sharing-strategy label value: "time-slicing" or "none"."""
+        return "time-slicing" if self.time_slicing.resources else "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +82,19 @@ class Config:
     config_file: str | None = None
     # Run on the fake NVML backend: a GPU count or a layout file. None: the real NVML.
     fake_gpus: str | None = None
+    # GetPreferredAllocation over time-sliced replicas: spread over GPUs or fill one first.
+    shared_devices_allocation_policy: str = "distributed"
+    # GPU feature discovery (labels): label once and exit, omit the timestamp label, relabel period.
+    gfd_oneshot: bool = False
+    gfd_no_timestamp: bool = False
+    gfd_sleep_interval_s: float = 60.0
+    # The config file's `sharing` section (file only: no flag or env sets it).
+    sharing: Sharing = Sharing()
+
+    @property
+    def device_root(self) -> str:
+        """Where device nodes are found on the host: --dev-root, else the driver root."""
+        return self.dev_root or self.nvidia_driver_root
 
     @property
     def plugin_dir(self) -> str:
@@ -114,6 +171,25 @@ def parse_fake_gpus(where: str, raw: object) -> str:
     if text.lstrip("-").isdigit() and text.startswith("-"):
         raise ConfigError(f"{where}: expected a GPU count from 0 to 64, got {text}")
     return text
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(where: str, raw: object) -> float:
+    """A Go duration ("60s", "1m30s", "500ms") or a number of seconds -> seconds (> 0)."""
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        seconds = float(raw)
+    else:
+        text = str(raw).strip()
+        parts = _DURATION_PART.findall(text)
+        if not text or "".join(n + u for n, u in parts) != text:
+            raise ConfigError(f"{where}: expected a duration such as 60s, 1m30s or 500ms; got {raw!r}")
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not seconds > 0:
+        raise ConfigError(f"{where}: expected a duration greater than zero; got {raw!r}")
+    return seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +296,40 @@ OPTIONS: tuple[Option, ...] = (
         "run on simulated GPUs instead of NVML: a count (e.g. 8) or a layout file",
         "N|FILE",
     ),
+    Option(
+        "shared_devices_allocation_policy",
+        "--shared-devices-allocation-policy",
+        "SHARED_DEVICES_ALLOCATION_POLICY",
+        _choice(SHARED_DEVICES_ALLOCATION_POLICIES),
+        "preferred allocation of time-sliced replicas: distributed (spread over GPUs) or packed",
+        "POLICY",
+    ),
+    Option(
+        "gfd_oneshot",
+        "--oneshot",
+        "GFD_ONESHOT",
+        parse_bool,
+        "label the node once and exit the labeller",
+        "BOOL",
+        is_bool=True,
+    ),
+    Option(
+        "gfd_no_timestamp",
+        "--no-timestamp",
+        "GFD_NO_TIMESTAMP",
+        parse_bool,
+        "do not add the nvidia.com/gfd.timestamp label",
+        "BOOL",
+        is_bool=True,
+    ),
+    Option(
+        "gfd_sleep_interval_s",
+        "--sleep-interval",
+        "GFD_SLEEP_INTERVAL",
+        parse_duration,
+        "time between relabelling passes (a duration such as 60s)",
+        "DURATION",
+    ),
 )
 
 _FIELDS = {f.name for f in fields(Config)}
@@ -243,4 +353,9 @@ def resolve(
             changes[option.field] = option.parse(f"environment variable {option.env}", env[option.env])
         elif file_values and file_values.get(option.field) is not None:
             changes[option.field] = option.parse(f"{file_name}: {option.field}", file_values[option.field])
+    # Settings only a config file can carry (already typed and checked by core.configfile).
+    flag_fields = {o.field for o in OPTIONS}
+    for name, value in (file_values or {}).items():
+        if name not in flag_fields and name in _FIELDS and value is not None:
+            changes[name] = value
     return Config(**changes)

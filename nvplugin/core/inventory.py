@@ -6,6 +6,50 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
+class MigDevice:
+    """One MIG device (a compute instance inside a GPU instance) of a MIG-enabled GPU."""
+
+    uuid: str
+    # NVML index of the parent GPU and of this MIG device on it: NVIDIA's index "i:j".
+    gpu_index: int
+    index: int
+    gi_id: int
+    ci_id: int
+    # NVIDIA's profile name, e.g. "1g.10gb", "1g.10gb+me", "1c.2g.20gb" (compute < GPU slices).
+    profile: str
+    memory_mib: int
+    multiprocessors: int
+    gi_slices: int
+    ci_slices: int
+    copy_engines: int
+    decoders: int
+    encoders: int
+    jpeg_decoders: int
+    ofa_engines: int
+    # Parent's /dev/nvidiaN, then the GI and CI capability nodes under /dev/nvidia-caps.
+    device_nodes: tuple[str, ...] = ()
+
+    @property
+    def nvidia_index(self) -> str:
+        return f"{self.gpu_index}:{self.index}"
+
+    @property
+    def attributes(self) -> tuple[int, ...]:
+        """What NVIDIA compares (nvmlDeviceGetAttributes) to call two MIG devices identical."""
+        return (
+            self.memory_mib,
+            self.multiprocessors,
+            self.gi_slices,
+            self.ci_slices,
+            self.copy_engines,
+            self.decoders,
+            self.encoders,
+            self.jpeg_decoders,
+            self.ofa_engines,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Gpu:
     """One full physical GPU."""
 
@@ -18,6 +62,9 @@ class Gpu:
     pci_bus_id: str
     # From sysfs; None when the kernel does not know (VMs report -1).
     numa_node: int | None = None
+    # MIG mode as NVML reports it now, and the MIG devices configured on the GPU.
+    mig_enabled: bool = False
+    mig_devices: tuple[MigDevice, ...] = ()
 
     @property
     def device_node(self) -> str:

@@ -8,7 +8,10 @@ exception types below so nothing above this layer imports pynvml.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from nvplugin.core.inventory import MigDevice
 
 
 class NvmlError(Exception):
@@ -74,6 +77,14 @@ class Nvml(Protocol):
 
     # None when unknown (the kernel reports -1 in VMs).
     def device_numa_node(self, index: int) -> int | None: ...
+
+    # --- MIG. Read-only: nvplugin never changes a GPU's MIG mode or its instances.
+
+    # False where the GPU does not support MIG.
+    def device_mig_enabled(self, index: int) -> bool: ...
+
+    # Every MIG device of a MIG-enabled GPU, in NVML's MIG index order.
+    def device_mig_devices(self, index: int) -> tuple[MigDevice, ...]: ...
 
     # --- health events (appended for the XID watcher; see nvplugin/health.py)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 
 from nvplugin.core.inventory import Gpu, Inventory
-from nvplugin.nvml.base import Nvml, NvmlError
+from nvplugin.nvml.base import Nvml, NvmlError, NvmlNotSupported
 
 log = logging.getLogger(__name__)
 
 
 def read_gpu(nvml: Nvml, index: int) -> Gpu:
+    mig_enabled = read_mig_enabled(nvml, index)
     return Gpu(
         index=index,
         uuid=nvml.device_uuid(index),
@@ -20,7 +21,17 @@ def read_gpu(nvml: Nvml, index: int) -> Gpu:
         compute_capability=nvml.device_compute_capability(index),
         pci_bus_id=nvml.device_pci_bus_id(index),
         numa_node=nvml.device_numa_node(index),
+        mig_enabled=mig_enabled,
+        mig_devices=nvml.device_mig_devices(index) if mig_enabled else (),
     )
+
+
+def read_mig_enabled(nvml: Nvml, index: int) -> bool:
+    """A GPU without MIG support (NotSupported) is simply not MIG-enabled."""
+    try:
+        return nvml.device_mig_enabled(index)
+    except NvmlNotSupported:
+        return False
 
 
 def discover(nvml: Nvml) -> Inventory:

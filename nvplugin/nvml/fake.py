@@ -17,12 +17,17 @@ A layout is a dict (from YAML or JSON):
     gpus:
       - {numaNode: 0}
       - {numaNode: 1, name: NVIDIA A100-SXM4-40GB, memoryMiB: 40960, computeCapability: "8.0"}
+      - {migDevices: [3g.40gb, 2g.20gb, 1g.10gb, 1g.10gb]}   # MIG enabled, these instances
+      - {migEnabled: true, migDevices: []}                   # MIG enabled, nothing configured
     faults:
       library: missing                # or init-error
       devices:
         "1": {device_uuid: gpu-lost}  # NVML call name -> error kind
 
 Error kinds: not-supported, gpu-lost, timeout, unknown.
+
+MIG profiles (H100 80GB facts): 1g.10gb, 1g.10gb+me, 1g.20gb, 2g.20gb, 3g.40gb, 4g.40gb,
+7g.80gb. MIG UUIDs are "MIG-<uuid>"; capability nodes are numbered as the driver does.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from nvplugin.core.inventory import MigDevice
+from nvplugin.core.mig import (
+    H100_COMPUTE_SLICES,
+    H100_PROFILES,
+    cap_node,
+    ci_cap_minor,
+    gi_cap_minor,
+)
 from nvplugin.nvml.base import (
     EVENT_XID_CRITICAL,
     LIBRARY_HINT,
@@ -68,6 +81,8 @@ DEVICE_CALLS = (
     "device_compute_capability",
     "device_pci_bus_id",
     "device_numa_node",
+    "device_mig_enabled",
+    "device_mig_devices",
 )
 LIBRARY_FAULTS = ("missing", "init-error")
 
@@ -85,6 +100,10 @@ class FakeGpu:
     uuid: str = ""
     pci_bus_id: str = ""
     minor: int = -1
+    mig_enabled: bool = False
+    # Profile names of the configured MIG devices; the devices themselves are derived.
+    mig_profiles: tuple[str, ...] = ()
+    mig_devices: tuple[MigDevice, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,18 +126,57 @@ def _uuid(seed: str, index: int) -> str:
     return f"GPU-{uuidlib.UUID(bytes=digest[:16], version=4)}"
 
 
+def _mig_uuid(seed: str, gpu_index: int, mig_index: int) -> str:
+    digest = hashlib.sha256(f"{seed}/{gpu_index}/mig/{mig_index}".encode()).digest()
+    return f"MIG-{uuidlib.UUID(bytes=digest[:16], version=4)}"
+
+
+def _mig_devices(seed: str, index: int, gpu: FakeGpu) -> tuple[MigDevice, ...]:
+    """The MIG devices of a completed GPU: one GPU instance per profile, each holding one
+    compute instance over all its slices (what `nvidia-smi mig -cgi P -C` creates)."""
+    devices = []
+    for j, name in enumerate(gpu.mig_profiles):
+        profile = H100_PROFILES[name]
+        # A full-GPU instance is GI 0 on real hardware; smaller ones are numbered after it.
+        gi_id = 0 if profile.gi_slices == H100_COMPUTE_SLICES else j + 1
+        devices.append(
+            MigDevice(
+                uuid=_mig_uuid(seed, index, j),
+                gpu_index=index,
+                index=j,
+                gi_id=gi_id,
+                ci_id=0,
+                profile=name,
+                memory_mib=profile.memory_mib,
+                multiprocessors=profile.multiprocessors,
+                gi_slices=profile.gi_slices,
+                ci_slices=profile.ci_slices,
+                copy_engines=profile.copy_engines,
+                decoders=profile.decoders,
+                encoders=profile.encoders,
+                jpeg_decoders=profile.jpeg_decoders,
+                ofa_engines=profile.ofa_engines,
+                device_nodes=(
+                    f"/dev/nvidia{gpu.minor}",
+                    cap_node(gi_cap_minor(gpu.minor, gi_id)),
+                    cap_node(ci_cap_minor(gpu.minor, gi_id, 0)),
+                ),
+            )
+        )
+    return tuple(devices)
+
+
 def _complete(layout: FakeLayout, seed: str) -> FakeLayout:
     """Fill in the per-GPU facts a real node derives from hardware: UUID, bus id, minor."""
     gpus = []
     for i, gpu in enumerate(layout.gpus):
-        gpus.append(
-            replace(
-                gpu,
-                uuid=gpu.uuid or _uuid(seed, i),
-                pci_bus_id=gpu.pci_bus_id or f"00000000:{0x18 + 0x10 * i:02X}:00.0",
-                minor=gpu.minor if gpu.minor >= 0 else i,
-            )
+        done = replace(
+            gpu,
+            uuid=gpu.uuid or _uuid(seed, i),
+            pci_bus_id=gpu.pci_bus_id or f"00000000:{0x18 + 0x10 * i:02X}:00.0",
+            minor=gpu.minor if gpu.minor >= 0 else i,
         )
+        gpus.append(replace(done, mig_devices=_mig_devices(seed, i, done) if done.mig_enabled else ()))
     return replace(layout, gpus=tuple(gpus))
 
 
@@ -138,7 +196,17 @@ def _check_keys(where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -
         )
 
 
-_GPU_KEYS = ("name", "memoryMiB", "computeCapability", "numaNode", "uuid", "pciBusId", "minor")
+_GPU_KEYS = (
+    "name",
+    "memoryMiB",
+    "computeCapability",
+    "numaNode",
+    "uuid",
+    "pciBusId",
+    "minor",
+    "migEnabled",
+    "migDevices",
+)
 
 
 def _parse_gpu(where: str, data: object, base: FakeGpu) -> FakeGpu:
@@ -148,7 +216,10 @@ def _parse_gpu(where: str, data: object, base: FakeGpu) -> FakeGpu:
     gpu = base
     if "name" in data:
         _expect(
-            isinstance(data["name"], str) and data["name"], f"{where}.name", "a product name", data["name"]
+            isinstance(data["name"], str) and bool(data["name"]),
+            f"{where}.name",
+            "a product name",
+            data["name"],
         )
         gpu = replace(gpu, name=data["name"])
     if "memoryMiB" in data:
@@ -199,7 +270,45 @@ def _parse_gpu(where: str, data: object, base: FakeGpu) -> FakeGpu:
             isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{where}.minor", "an integer >= 0", v
         )
         gpu = replace(gpu, minor=v)
+    if "migEnabled" in data:
+        v = data["migEnabled"]
+        _expect(isinstance(v, bool), f"{where}.migEnabled", "true or false", v)
+        gpu = replace(gpu, mig_enabled=v)
+    if "migDevices" in data:
+        profiles = _parse_mig_profiles(f"{where}.migDevices", data["migDevices"])
+        _expect(
+            data.get("migEnabled", True) is True or not profiles,
+            f"{where}.migEnabled",
+            "true (or no migEnabled) when migDevices lists MIG devices",
+            data.get("migEnabled"),
+        )
+        gpu = replace(gpu, mig_enabled=data.get("migEnabled", True), mig_profiles=profiles)
     return gpu
+
+
+def _parse_mig_profiles(where: str, data: object) -> tuple[str, ...]:
+    _expect(isinstance(data, list), where, "a list of MIG profile names such as 1g.10gb", data)
+    assert isinstance(data, list)
+    known = ", ".join(H100_PROFILES)
+    for i, name in enumerate(data):
+        _expect(name in H100_PROFILES, f"{where}[{i}]", f"a MIG profile among {known}", name)
+    profiles = tuple(str(n) for n in data)
+    slices = sum(H100_PROFILES[p].gi_slices for p in profiles)
+    _expect(
+        slices <= H100_COMPUTE_SLICES,
+        where,
+        f"MIG devices using at most {H100_COMPUTE_SLICES} compute slices in all",
+        f"{slices} slices ({', '.join(profiles)})",
+    )
+    for name in dict.fromkeys(profiles):
+        limit = H100_PROFILES[name].max_per_gpu
+        _expect(
+            profiles.count(name) <= limit,
+            where,
+            f"at most {limit} MIG device(s) of profile {name} on one GPU",
+            f"{profiles.count(name)}",
+        )
+    return profiles
 
 
 _LAYOUT_KEYS = ("driverVersion", "cudaDriverVersion", "seed", "gpu", "count", "gpus", "faults")
@@ -400,6 +509,12 @@ class FakeNvml:
 
     def device_numa_node(self, index: int) -> int | None:
         return self._device("device_numa_node", index).numa_node
+
+    def device_mig_enabled(self, index: int) -> bool:
+        return self._device("device_mig_enabled", index).mig_enabled
+
+    def device_mig_devices(self, index: int) -> tuple[MigDevice, ...]:
+        return self._device("device_mig_devices", index).mig_devices
 
     # --- health events (appended for the XID watcher). Injection methods are thread-safe and
     # wake a blocked event_set_wait at once.

@@ -10,9 +10,12 @@ import ctypes
 import os
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nvplugin.core.inventory import MigDevice
+from nvplugin.core.mig import cap_node, memory_size_gb, parse_mig_minors, profile_name
 from nvplugin.nvml.base import (
     LIBRARY_HINT,
     NO_INSTANCE,
@@ -47,9 +50,10 @@ def _sysfs_bus_id(pci_bus_id: str) -> str:
 
 
 class RealNvml:
-    def __init__(self, driver_root: str = "/", sysfs_root: str = "/sys") -> None:
+    def __init__(self, driver_root: str = "/", sysfs_root: str = "/sys", proc_root: str = "/proc") -> None:
         self._driver_root = driver_root
         self._sysfs_root = sysfs_root
+        self._proc_root = proc_root
         self._pynvml: Any = None
         self._handles: dict[int, Any] = {}
         self._lock = threading.Lock()
@@ -232,6 +236,41 @@ class RealNvml:
             return None
         return int(values[0].value.uiVal)
 
+    def device_mig_enabled(self, index: int) -> bool:
+        h = self._handle(index)
+        current, _pending = self._call("nvmlDeviceGetMigMode", lambda: self._pynvml.nvmlDeviceGetMigMode(h))
+        return int(current) == int(getattr(self._pynvml, "NVML_DEVICE_MIG_ENABLE", 1))
+
+    def device_mig_devices(self, index: int) -> tuple[MigDevice, ...]:
+        return _RealMig(self, self._proc_root).devices(index)
+
+
+# GPU instance profile index (NVML_GPU_INSTANCE_PROFILE_*) -> (attributes, negative), as
+# go-nvlib names them: REV1 profiles carry the media extensions ("+me"), and so on.
+_GI_PROFILE_ATTRIBUTES: dict[int, tuple[tuple[str, ...], bool]] = {
+    7: (("me",), False),  # 1_SLICE_REV1
+    8: (("me",), False),  # 2_SLICE_REV1
+    10: (("gfx",), False),  # 1_SLICE_GFX
+    11: (("gfx",), False),  # 2_SLICE_GFX
+    12: (("gfx",), False),  # 4_SLICE_GFX
+    13: (("me",), True),  # 1_SLICE_NO_ME
+    14: (("me",), True),  # 2_SLICE_NO_ME
+    15: (("me.all",), False),  # 1_SLICE_ALL_ME
+    16: (("me.all",), False),  # 2_SLICE_ALL_ME
+}
+_GI_PROFILE_COUNT = 17
+
+
+def _read_mig_minors(proc_root: str) -> dict[tuple[int, int, int | None], int]:
+    path = os.path.join(proc_root, "driver/nvidia-caps/mig-minors")
+    try:
+        with open(path) as f:
+            return parse_mig_minors(f.read())
+    except OSError as exc:
+        raise NvmlError(
+            "read mig-minors", f"cannot read {path} to find MIG capability nodes: {exc.strerror or exc}"
+        ) from None
+
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -262,3 +301,88 @@ def _handle_address(handle: Any) -> int | None:
 
 def _instance(value: int) -> int | None:
     return None if value == NO_INSTANCE else int(value)
+
+
+class _RealMig:
+    """MIG enumeration over pynvml. Only Get* calls: MIG mode and instances are never changed."""
+
+    def __init__(self, nvml: RealNvml, proc_root: str) -> None:
+        self._nvml = nvml
+        self._proc_root = proc_root
+
+    def devices(self, index: int) -> tuple[MigDevice, ...]:
+        nvml = self._nvml
+        p = nvml._pynvml
+        h = nvml._handle(index)
+        minor = nvml.device_minor_number(index)
+        total_bytes = nvml.device_memory_total(index)
+        count = int(nvml._call("nvmlDeviceGetMaxMigDeviceCount", lambda: p.nvmlDeviceGetMaxMigDeviceCount(h)))
+        profile_attributes = self._profile_attributes(h)
+        cap_minors = _read_mig_minors(self._proc_root)
+        devices = []
+        for j in range(count):
+            try:
+                mh = p.nvmlDeviceGetMigDeviceHandleByIndex(h, j)
+            except p.NVMLError as exc:
+                if getattr(exc, "value", None) == p.NVML_ERROR_NOT_FOUND:
+                    continue  # an empty slot: MIG indexes may have gaps
+                raise _translate("nvmlDeviceGetMigDeviceHandleByIndex", exc, p) from None
+            uuid = _text(nvml._call("nvmlDeviceGetUUID", partial(p.nvmlDeviceGetUUID, mh)))
+            gi = int(nvml._call("nvmlDeviceGetGpuInstanceId", partial(p.nvmlDeviceGetGpuInstanceId, mh)))
+            ci = int(
+                nvml._call("nvmlDeviceGetComputeInstanceId", partial(p.nvmlDeviceGetComputeInstanceId, mh))
+            )
+            attrs = nvml._call("nvmlDeviceGetAttributes", partial(p.nvmlDeviceGetAttributes, mh))
+            gi_handle = nvml._call(
+                "nvmlDeviceGetGpuInstanceById", partial(p.nvmlDeviceGetGpuInstanceById, h, gi)
+            )
+            gi_info = nvml._call("nvmlGpuInstanceGetInfo", partial(p.nvmlGpuInstanceGetInfo, gi_handle))
+            extra, negative = profile_attributes.get(int(gi_info.profileId), ((), False))
+            name = profile_name(
+                int(attrs.gpuInstanceSliceCount),
+                int(attrs.computeInstanceSliceCount),
+                memory_size_gb(total_bytes, int(attrs.memorySizeMB)),
+                extra,
+                negative,
+            )
+            gi_minor = cap_minors.get((minor, gi, None))
+            ci_minor = cap_minors.get((minor, gi, ci))
+            if gi_minor is None or ci_minor is None:
+                raise NvmlError(
+                    "read mig-minors",
+                    f"no capability node for MIG device {uuid} (gpu{minor}/gi{gi}/ci{ci}) in "
+                    f"{self._proc_root}/driver/nvidia-caps/mig-minors",
+                )
+            devices.append(
+                MigDevice(
+                    uuid=uuid,
+                    gpu_index=index,
+                    index=j,
+                    gi_id=gi,
+                    ci_id=ci,
+                    profile=name,
+                    memory_mib=int(attrs.memorySizeMB),
+                    multiprocessors=int(attrs.multiprocessorCount),
+                    gi_slices=int(attrs.gpuInstanceSliceCount),
+                    ci_slices=int(attrs.computeInstanceSliceCount),
+                    copy_engines=int(attrs.sharedCopyEngineCount),
+                    decoders=int(attrs.sharedDecoderCount),
+                    encoders=int(attrs.sharedEncoderCount),
+                    jpeg_decoders=int(attrs.sharedJpegCount),
+                    ofa_engines=int(attrs.sharedOfaCount),
+                    device_nodes=(f"/dev/nvidia{minor}", cap_node(gi_minor), cap_node(ci_minor)),
+                )
+            )
+        return tuple(devices)
+
+    def _profile_attributes(self, h: Any) -> dict[int, tuple[tuple[str, ...], bool]]:
+        """GI profile id (what nvmlGpuInstanceGetInfo reports) -> profile-name attributes."""
+        p = self._nvml._pynvml
+        by_id: dict[int, tuple[tuple[str, ...], bool]] = {}
+        for profile_index in range(_GI_PROFILE_COUNT):
+            try:
+                info = p.nvmlDeviceGetGpuInstanceProfileInfo(h, profile_index)
+            except p.NVMLError:
+                continue  # a profile this GPU or driver does not know
+            by_id[int(info.id)] = _GI_PROFILE_ATTRIBUTES.get(profile_index, ((), False))
+        return by_id

@@ -1,0 +1,362 @@
+"""The agent: one anyio TaskGroup owning every task of the node agent.
+
+Tasks (each named, supervised: an unexpected end is logged and the task restarted):
+- kubelet side: start one PluginServer per resource on fresh sockets, register each, then wait
+  for a reason to start over (kubelet restart, our socket removed, reload);
+- kubelet-directory watcher (watchfiles): turns file events into those reasons;
+- signals: SIGTERM/SIGINT end the TaskGroup (streams closed, sockets removed, exit 0),
+  SIGHUP reloads;
+- extra tasks added by the CLI (health watcher, metrics, labels) through `add_task`.
+Blocking NVML calls run in worker threads; nothing on the loop waits on the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskGroup
+
+from nvplugin.core.config import Config
+from nvplugin.core.inventory import EMPTY_INVENTORY, Inventory
+from nvplugin.core.resources import build_resources
+from nvplugin.nvml.base import LIBRARY_HINT, Nvml, NvmlError, NvmlLibraryNotFound
+from nvplugin.nvml.discovery import discover
+from nvplugin.plugin.registration import register_with_retry
+from nvplugin.plugin.server import PluginServer
+from nvplugin.state import NodeState
+
+log = logging.getLogger(__name__)
+
+# How often the kubelet-socket wait re-checks by itself, in case a file event is missed
+# (some hostPath mounts do not deliver inotify events).
+KUBELET_SOCKET_RECHECK = 5.0
+# Stopping all plugin servers must fit in the 1 s shutdown budget.
+SERVER_STOP_GRACE = 0.4
+# After the kubelet drops our stream, look for its new socket this often, for this long.
+# The kubelet is usually back within milliseconds of its socket being deleted; later
+# re-creation is still caught by the directory watcher.
+RESTART_PROBE_INTERVAL = 0.001
+RESTART_PROBE_WINDOW = 3.0
+
+
+class AgentError(Exception):
+    """The agent cannot start; the message says what to check. Exit code 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    reason: str
+
+
+TaskFactory = Callable[["Agent"], Awaitable[None]]
+ConfigLoader = Callable[[], Config]
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        nvml: Nvml,
+        *,
+        config_loader: ConfigLoader | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.config = config
+        self.nvml = nvml
+        self.state = NodeState(EMPTY_INVENTORY, ())
+        self.registered: dict[str, bool] = {}
+        self.servers: list[PluginServer] = []
+        self.generation = 0
+        self.nvml_ready = False
+        self._config_loader = config_loader
+        self._handle_signals = handle_signals
+        self._extra_tasks: list[tuple[str, TaskFactory]] = []
+        self._tg: TaskGroup | None = None
+        self._restart: anyio.Event | None = None
+        self._restart_reason = ""
+        self._kubelet_seen: anyio.Event | None = None
+        self._registered_kubelet_inode: tuple[int, int] | None = None
+        self._own_sockets: set[str] = set()
+        self._probing = False
+        # Set once the first generation has registered or begun waiting for the kubelet: the
+        # watcher's imports and thread wait for it, off the start -> Register path.
+        self._first_attempt: anyio.Event | None = None
+        self.config = config.with_changes(kubelet_socket=os.path.abspath(config.kubelet_socket))
+        # Set once every task has been started (tests and simulate wait on it).
+        self.started: anyio.Event | None = None
+
+    # --- public control
+
+    def add_task(self, name: str, factory: TaskFactory) -> None:
+        """Run `factory(agent)` in the agent's TaskGroup, supervised, once the agent starts."""
+        self._extra_tasks.append((name, factory))
+
+    @property
+    def ready(self) -> bool:
+        """Registered with the kubelet for every resource."""
+        return bool(self.registered) and all(self.registered.values())
+
+    def stop(self) -> None:
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    def request_restart(self, reason: str) -> None:
+        """Start the kubelet side over: new sockets, register again."""
+        if self._restart is not None and not self._restart.is_set():
+            self._restart_reason = reason
+            self._restart.set()
+
+    # --- start-up
+
+    async def _initialise(self) -> Inventory:
+        try:
+            await anyio.to_thread.run_sync(self.nvml.init)
+        except NvmlLibraryNotFound as exc:
+            if self.config.fail_on_init_error:
+                raise AgentError(
+                    f"NVML could not be loaded ({exc}).\n{_hint(exc)}\n"
+                    "To keep running with zero GPUs instead, set --fail-on-init-error=false."
+                ) from None
+            log.error("NVML could not be loaded (%s): running with zero devices. %s", exc, _hint(exc))
+            return EMPTY_INVENTORY
+        except NvmlError as exc:
+            if self.config.fail_on_init_error:
+                raise AgentError(
+                    f"NVML failed to initialise: {exc}. Check the driver (nvidia-smi on the node) "
+                    "and the kernel log for NVRM errors. To keep running with zero GPUs instead, "
+                    "set --fail-on-init-error=false."
+                ) from None
+            log.error("NVML failed to initialise (%s): running with zero devices", exc)
+            return EMPTY_INVENTORY
+        self.nvml_ready = True
+        return await self._discover()
+
+    async def _discover(self) -> Inventory:
+        try:
+            inventory = await anyio.to_thread.run_sync(discover, self.nvml)
+        except NvmlError as exc:
+            if self.config.fail_on_init_error:
+                raise AgentError(f"GPU discovery failed: {exc}") from None
+            log.error("GPU discovery failed (%s): running with zero devices", exc)
+            return EMPTY_INVENTORY
+        for problem in inventory.problems:
+            log.error("discovery: %s", problem)
+        if inventory.gpus:
+            log.info(
+                "found %d GPU(s): %s (driver %s, CUDA %d.%d)",
+                len(inventory.gpus),
+                ", ".join(sorted({g.name for g in inventory.gpus})),
+                inventory.driver_version,
+                *inventory.cuda_version,
+            )
+        else:
+            log.warning("no GPUs found: advertising zero devices (nothing will be scheduled here)")
+        return inventory
+
+    # --- the loop
+
+    async def run(self) -> None:
+        """Run until cancelled or stopped. Raises AgentError when it cannot start."""
+        self.started = self.started or anyio.Event()
+        self._first_attempt = anyio.Event()
+        inventory = await self._initialise()
+        self.state.replace(inventory, build_resources(inventory, self.config))
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                if self._handle_signals:
+                    tg.start_soon(self._signals, name="signals")
+                tg.start_soon(self._supervise, "kubelet-watcher", _watch_kubelet_dir, name="kubelet-watcher")
+                tg.start_soon(self._supervise, "kubelet-side", _serve_kubelet, name="kubelet-side")
+                for name, factory in self._extra_tasks:
+                    tg.start_soon(self._supervise, name, factory, name=name)
+                self.started.set()
+        finally:
+            self._tg = None
+            if self.nvml_ready:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(0.3):
+                    await anyio.to_thread.run_sync(_quiet_shutdown, self.nvml, abandon_on_cancel=True)
+            log.info("agent stopped")
+
+    async def _supervise(self, name: str, factory: TaskFactory) -> None:
+        """Keep a long-lived task alive: log every unexpected end and start it again with backoff."""
+        delay = 0.1
+        while True:
+            started = anyio.current_time()
+            try:
+                await factory(self)
+                log.error("task %s ended unexpectedly; restarting it", name)
+            except Exception:
+                log.exception("task %s crashed; restarting it", name)
+            if anyio.current_time() - started > 30:
+                delay = 0.1
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: reloading")
+                    await self.reload()
+                else:
+                    log.info("%s: shutting down", signal.Signals(signum).name)
+                    self.stop()
+                    return
+
+    async def reload(self) -> bool:
+        """Re-read the config and rediscover; swap only if both succeed, else keep serving as is."""
+        config = self.config
+        if self._config_loader is not None:
+            try:
+                config = self._config_loader()
+            except Exception as exc:  # a bad file on reload must never stop the agent
+                log.error("reload: keeping the running configuration: %s", exc)
+                return False
+        try:
+            inventory = (
+                await anyio.to_thread.run_sync(discover, self.nvml) if self.nvml_ready else EMPTY_INVENTORY
+            )
+            resources = build_resources(inventory, config)
+        except Exception as exc:
+            log.error("reload: keeping the running configuration: %s", exc)
+            return False
+        self.config = config
+        self.state.replace(inventory, resources)
+        self.request_restart("configuration reloaded")
+        return True
+
+    # --- helpers for the kubelet side
+
+    def _kubelet_inode(self) -> tuple[int, int] | None:
+        """kubelet.sock's identity. The inode number alone is often reused by the kubelet's
+        re-created socket, so the creation time is part of it."""
+        try:
+            st = os.stat(self.config.kubelet_socket)
+        except OSError:
+            return None
+        return st.st_ino, st.st_ctime_ns
+
+    async def _wait_for_kubelet_socket(self) -> None:
+        announced = False
+        while self._kubelet_inode() is None:
+            if self._first_attempt is not None:
+                self._first_attempt.set()
+            if not announced:
+                log.info("waiting for the kubelet socket %s", self.config.kubelet_socket)
+                announced = True
+            self._kubelet_seen = anyio.Event()
+            if self._kubelet_inode() is not None:
+                break
+            with anyio.move_on_after(KUBELET_SOCKET_RECHECK):
+                await self._kubelet_seen.wait()
+
+    def on_stream_lost(self) -> None:
+        """The kubelet closed a ListAndWatch stream: it may be restarting. Probe for its new
+        socket at a fine grain for a short while, so re-registration does not wait for the
+        directory watcher's batching (which stays coarse to keep the idle agent asleep)."""
+        if not self._probing and self._tg is not None:
+            self._probing = True
+            self._tg.start_soon(self._probe_kubelet_restart, name="kubelet-restart-probe")
+
+    async def _probe_kubelet_restart(self) -> None:
+        try:
+            with anyio.move_on_after(RESTART_PROBE_WINDOW):
+                while True:
+                    inode = self._kubelet_inode()
+                    if inode is not None and inode != self._registered_kubelet_inode:
+                        self.request_restart("kubelet.sock was re-created (kubelet restarted)")
+                        return
+                    await anyio.sleep(RESTART_PROBE_INTERVAL)
+        finally:
+            self._probing = False
+
+    def on_directory_change(self, added: bool, path: str) -> None:
+        """Called by the watcher for each file event in the kubelet's directory."""
+        if path == self.config.kubelet_socket:
+            if not added:
+                return
+            if self._kubelet_seen is not None:
+                self._kubelet_seen.set()
+            inode = self._kubelet_inode()
+            if self._registered_kubelet_inode is not None and inode not in (
+                None,
+                self._registered_kubelet_inode,
+            ):
+                self.request_restart("kubelet.sock was re-created (kubelet restarted)")
+        elif not added and path in self._own_sockets:
+            self.request_restart(f"our socket {os.path.basename(path)} was removed")
+
+
+async def _serve_kubelet(agent: Agent) -> None:
+    """Generations of plugin servers: start, register, wait for a reason, tear down, repeat."""
+    while True:
+        agent._restart = anyio.Event()
+        await agent._wait_for_kubelet_socket()
+        agent.generation += 1
+        servers = [PluginServer(r, agent.state, agent.config) for r in agent.state.resources]
+        for server in servers:
+            server.servicer.on_stream_lost = agent.on_stream_lost
+        agent.servers = servers
+        agent.registered = {s.resource_name: False for s in servers}
+        try:
+            for server in servers:
+                await server.start()
+            agent._own_sockets = {s.socket_path for s in servers}
+            agent._registered_kubelet_inode = agent._kubelet_inode()
+            async with anyio.create_task_group() as generation:
+                for server in servers:
+                    generation.start_soon(_register, agent, server)
+                await agent._restart.wait()
+                generation.cancel_scope.cancel()
+            log.info("restarting the plugin servers: %s", agent._restart_reason)
+        finally:
+            agent._own_sockets = set()
+            agent.registered = {}
+            with anyio.CancelScope(shield=True):
+                async with anyio.create_task_group() as stopping:
+                    for server in servers:
+                        stopping.start_soon(server.stop, SERVER_STOP_GRACE)
+
+
+async def _register(agent: Agent, server: PluginServer) -> None:
+    await register_with_retry(agent.config.kubelet_socket, server.socket_name, server.resource_name)
+    agent.registered[server.resource_name] = True
+    if agent.ready and agent._first_attempt is not None:
+        agent._first_attempt.set()
+
+
+async def _watch_kubelet_dir(agent: Agent) -> None:
+    # Not on the start -> Register path: the kubelet side checks the socket itself first.
+    if agent._first_attempt is not None:
+        with anyio.move_on_after(1.0):  # registration may be refused for long: watch anyway
+            await agent._first_attempt.wait()
+    from watchfiles import Change, awatch
+
+    directory = agent.config.plugin_dir
+    os.makedirs(directory, exist_ok=True)
+    # watchfiles' Rust thread wakes every `step` ms even when idle, so keep it coarse: the fast
+    # path for a kubelet restart is on_stream_lost's probe; this watcher is the safety net
+    # (kubelet started after us, a socket removed by hand).
+    async for changes in awatch(
+        directory, debounce=200, step=100, recursive=False, ignore_permission_denied=True, watch_filter=None
+    ):
+        # Deletions first: a kubelet restart removes our socket and re-creates its own at once.
+        for change, path in sorted(changes, key=lambda c: c[0] != Change.deleted):
+            agent.on_directory_change(change == Change.added, os.path.abspath(path))
+
+
+def _quiet_shutdown(nvml: Nvml) -> None:
+    try:
+        nvml.shutdown()
+    except NvmlError as exc:
+        log.warning("NVML shutdown: %s", exc)
+
+
+def _hint(exc: NvmlError) -> str:
+    return "" if LIBRARY_HINT in str(exc) else f"Hint: {LIBRARY_HINT}."

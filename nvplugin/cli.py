@@ -1,0 +1,178 @@
+"""Command line: `nvplugin run`, `nvplugin simulate` and the tools around them.
+
+Flags and environment variables keep NVIDIA's names. Bad values are reported with the usage and
+exit code 2 before any socket is touched; a start-up failure (no NVML) exits 1 with a message
+that says what to check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from nvplugin import __version__
+from nvplugin.core.config import OPTIONS, Config, ConfigError, resolve
+
+log = logging.getLogger("nvplugin")
+
+EXIT_OK = 0
+EXIT_START_FAILED = 1
+EXIT_USAGE = 2
+
+
+def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """Every setting of OPTIONS as a flag; the default None means 'not given' (env or file decide)."""
+    for option in OPTIONS:
+        if option.field in skip:
+            continue
+        env = f" [env {option.env}]" if option.env else ""
+        kwargs: dict[str, object] = {"dest": option.field, "default": None, "metavar": option.metavar}
+        if option.is_bool:
+            kwargs.update(nargs="?", const="true")
+        parser.add_argument(option.flag, help=option.help + env, **kwargs)  # type: ignore[arg-type]
+
+
+def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("NVPLUGIN_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="log level [env NVPLUGIN_LOG_LEVEL] (default info)",
+    )
+
+
+def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None) -> Config:
+    flags = {o.field: getattr(args, o.field, None) for o in OPTIONS}
+    return resolve(flags, os.environ if env is None else env)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nvplugin",
+        description="Kubernetes node agent for NVIDIA GPUs (device plugin API v1beta1).",
+    )
+    parser.add_argument("--version", action="version", version=f"nvplugin {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="serve the kubelet: register nvidia.com/gpu and keep it up to date",
+        description="Run the agent: discover GPUs through NVML (or --fake-gpus), serve the device-plugin "
+        "API on a unix socket beside the kubelet's, register, and re-register when the kubelet restarts.",
+    )
+    add_config_flags(run)
+    add_logging_flags(run)
+    run.set_defaults(handler=_cmd_run)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="run the agent on simulated GPUs against an embedded kubelet, and tell what it sees",
+        description="Start simulated GPUs, the real agent and an embedded kubelet simulator in one "
+        "process, and describe in plain words what the kubelet sees: registration, devices with health, "
+        "an allocation. Runs until Ctrl-C, printing every change.",
+    )
+    add_config_flags(simulate, skip=("kubelet_socket", "fake_gpus"))
+    simulate.add_argument(
+        "--fake-gpus",
+        dest="fake_gpus",
+        default="4",
+        metavar="N|FILE",
+        help="simulated GPUs: a count or a layout file (default 4)",
+    )
+    simulate.add_argument("--once", action="store_true", help="exit after one round instead of running on")
+    simulate.add_argument(
+        "--dir", default=None, help="directory for the kubelet's sockets (default: a new temporary one)"
+    )
+    add_logging_flags(simulate)
+    simulate.set_defaults(handler=_cmd_simulate, log_level="warning")
+
+    for module in _extra_command_modules():
+        module.add_parser(commands)
+    return parser
+
+
+def _extra_command_modules() -> list[Any]:
+    """Subcommands that live in their own modules (nvplugin.commands.*)."""
+    return []
+
+
+def _run_async(fn: Callable[[], object]) -> object:
+    import anyio
+
+    backend_options = {}
+    if not os.environ.get("NVPLUGIN_NO_UVLOOP"):
+        try:  # uvloop when installed (the `fast` extra): a cheaper loop for the RPC path
+            import uvloop  # noqa: F401
+
+            backend_options["use_uvloop"] = True
+        except ImportError:
+            pass
+    return anyio.run(fn, backend="asyncio", backend_options=backend_options)  # type: ignore[arg-type]
+
+
+def _cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from nvplugin.agent import Agent, AgentError
+    from nvplugin.nvml import open_backend
+
+    agent = Agent(config, open_backend(config))
+    try:
+        _run_async(agent.run)
+    except AgentError as exc:
+        print(f"nvplugin: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED
+    return EXIT_OK
+
+
+def _cmd_simulate(args: argparse.Namespace, config: Config) -> int:
+    from nvplugin.simulate import run_simulation
+
+    return run_simulation(args, config, _run_async)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        sys.exit(EXIT_USAGE)
+    try:
+        config = config_from_args(args)
+        if args.command == "simulate":
+            config = _simulate_config(args, config)
+    except ConfigError as exc:
+        print(f"nvplugin {args.command}: error: {exc}", file=sys.stderr)
+        print(f"Run 'nvplugin {args.command} --help' for the accepted values.", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    setup_logging(args.log_level)
+    try:
+        code = args.handler(args, config)
+    except _usage_errors() as exc:
+        print(f"nvplugin {args.command}: error: {exc}", file=sys.stderr)
+        code = EXIT_USAGE
+    except KeyboardInterrupt:
+        code = EXIT_OK
+    sys.exit(code)
+
+
+def _simulate_config(args: argparse.Namespace, config: Config) -> Config:
+    from nvplugin.core.config import parse_fake_gpus
+
+    return config.with_changes(fake_gpus=parse_fake_gpus("--fake-gpus", args.fake_gpus))
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    from nvplugin.nvml.fake import LayoutError
+
+    return (LayoutError, ConfigError)

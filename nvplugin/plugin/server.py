@@ -1,0 +1,239 @@
+"""The device-plugin gRPC server for one resource: the servicer and its socket's lifecycle.
+
+One PluginServer per advertised resource, each on a fresh socket name per start (the kubelet
+can reject a re-registration on a path it still holds). Stopping ends every ListAndWatch stream
+on purpose first: grpclib's close waits for open handlers, and a stream never ends by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+from grpclib import GRPCError
+from grpclib.const import Status
+from grpclib.server import Server
+
+from nvplugin.api import v1beta1 as api
+from nvplugin.core.allocation import (
+    AllocationError,
+    ContainerAllocation,
+    check_request,
+    container_allocation,
+    preferred_allocation,
+)
+from nvplugin.core.config import Config
+from nvplugin.core.resources import Resource, device_health
+from nvplugin.state import NodeState
+
+log = logging.getLogger(__name__)
+
+# Sent identically in Register and GetDevicePluginOptions: the kubelet trusts the latter.
+PLUGIN_OPTIONS = api.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
+
+_socket_counter = itertools.count()
+
+
+def fresh_socket_name(resource: Resource) -> str:
+    """A socket name never used before by this process (nor, very likely, any other)."""
+    return f"nvplugin-{resource.short_name}-{os.getpid()}-{next(_socket_counter)}-{os.urandom(3).hex()}.sock"
+
+
+def to_proto_allocation(allocation: ContainerAllocation) -> api.ContainerAllocateResponse:
+    return api.ContainerAllocateResponse(
+        envs=dict(allocation.envs),
+        mounts=[
+            api.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
+            for m in allocation.mounts
+        ],
+        devices=[
+            api.DeviceSpec(container_path=d.container_path, host_path=d.host_path, permissions=d.permissions)
+            for d in allocation.devices
+        ],
+        annotations=dict(allocation.annotations),
+        cdi_devices=[api.CdiDevice(name=n) for n in allocation.cdi_devices],
+    )
+
+
+class DevicePluginServicer(api.DevicePluginBase):
+    """Answers the kubelet for one resource, from the shared NodeState."""
+
+    def __init__(self, resource_name: str, state: NodeState, config: Config) -> None:
+        self.resource_name = resource_name
+        self._state = state
+        self._config = config
+        self._stopping = False
+        self._open_streams = 0
+        # (state version, message): every stream of this resource shares one built list.
+        self._list_cache: tuple[int, api.ListAndWatchResponse] | None = None
+        self.on_allocate: Callable[[str, float, bool], None] | None = None
+        # Called when a stream ends while we still serve: the kubelet went away (restarting?).
+        self.on_stream_lost: Callable[[], None] | None = None
+
+    # --- helpers
+
+    def _resource(self) -> Resource:
+        resource = self._state.resource(self.resource_name)
+        if resource is None:  # the resource vanished on reload; this server is about to stop
+            return Resource(self.resource_name, ())
+        return resource
+
+    def device_list(self) -> api.ListAndWatchResponse:
+        version = self._state.version
+        cached = self._list_cache
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        unhealthy = self._state.unhealthy
+        message = api.ListAndWatchResponse(
+            devices=[
+                api.Device(
+                    id=d.id,
+                    health=device_health(d, unhealthy),
+                    topology=None
+                    if d.numa_node is None
+                    else api.TopologyInfo(nodes=[api.NumaNode(id=d.numa_node)]),
+                )
+                for d in self._resource().devices
+            ]
+        )
+        self._list_cache = (version, message)
+        return message
+
+    def stop(self) -> None:
+        """End every open ListAndWatch stream (they return at their next wake-up)."""
+        self._stopping = True
+        self._state.poke()
+
+    @property
+    def open_streams(self) -> int:
+        return self._open_streams
+
+    # --- the five RPCs
+
+    async def get_device_plugin_options(self, message: api.Empty) -> api.DevicePluginOptions:
+        return PLUGIN_OPTIONS
+
+    async def list_and_watch(self, message: api.Empty) -> AsyncIterator[api.ListAndWatchResponse]:
+        self._open_streams += 1
+        try:
+            sent: list[Any] | None = None
+            seen = -1
+            while not self._stopping:
+                if self._state.version != seen:
+                    seen = self._state.version
+                    response = self.device_list()
+                    # A version bump may concern another resource: send only real changes.
+                    signature = [(d.id, d.health) for d in response.devices]
+                    if signature != sent:
+                        sent = signature
+                        yield response
+                await self._state.wait_changed(seen)
+        finally:
+            self._open_streams -= 1
+            if not self._stopping and self.on_stream_lost is not None:
+                self.on_stream_lost()
+
+    async def get_preferred_allocation(
+        self, message: api.PreferredAllocationRequest
+    ) -> api.PreferredAllocationResponse:
+        # A hint only, and an error fails pod admission: always answer.
+        return api.PreferredAllocationResponse(
+            container_responses=[
+                api.ContainerPreferredAllocationResponse(
+                    device_i_ds=preferred_allocation(
+                        request.available_deviceIDs, request.must_include_deviceIDs, request.allocation_size
+                    )
+                )
+                for request in message.container_requests
+            ]
+        )
+
+    async def allocate(self, message: api.AllocateRequest) -> api.AllocateResponse:
+        started = anyio.current_time()
+        resource = self._resource()
+        unhealthy = self._state.unhealthy
+        responses = []
+        try:
+            if not message.container_requests:
+                raise AllocationError(f"{self.resource_name}: the request has no container requests")
+            for request in message.container_requests:
+                devices = check_request(resource, request.devices_ids, unhealthy)
+                responses.append(to_proto_allocation(container_allocation(devices, self._config)))
+        except AllocationError as exc:
+            log.warning("Allocate refused: %s", exc)
+            self._observe_allocate(started, ok=False)
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        self._observe_allocate(started, ok=True)
+        return api.AllocateResponse(container_responses=responses)
+
+    def _observe_allocate(self, started: float, ok: bool) -> None:
+        if self.on_allocate is not None:
+            self.on_allocate(self.resource_name, anyio.current_time() - started, ok)
+
+    async def pre_start_container(
+        self, message: api.PreStartContainerRequest
+    ) -> api.PreStartContainerResponse:
+        return api.PreStartContainerResponse()
+
+
+class _TrackingServer(Server):
+    """A grpclib Server that remembers its connections, so stop can close them: on Python
+    3.12+ asyncio's wait_closed waits for every client connection, and the kubelet's stays open."""
+
+    def __init__(self, handlers: list[Any]) -> None:
+        super().__init__(handlers)
+        self.protocols: list[Any] = []
+
+    def _protocol_factory(self) -> Any:
+        protocol = super()._protocol_factory()
+        self.protocols = [p for p in self.protocols if _is_open(p)]
+        self.protocols.append(protocol)
+        return protocol
+
+
+def _is_open(protocol: Any) -> bool:
+    connection = getattr(protocol, "connection", None)
+    return connection is None or hasattr(connection, "_transport")
+
+
+class PluginServer:
+    """One resource's gRPC server on a fresh unix socket in the kubelet's directory."""
+
+    def __init__(self, resource: Resource, state: NodeState, config: Config) -> None:
+        self.resource_name = resource.name
+        self.socket_name = fresh_socket_name(resource)
+        self.socket_path = os.path.join(config.plugin_dir, self.socket_name)
+        self.servicer = DevicePluginServicer(resource.name, state, config)
+        self._server: _TrackingServer | None = None
+
+    async def start(self) -> None:
+        self._server = _TrackingServer([self.servicer])
+        await self._server.start(path=self.socket_path)
+        log.debug("serving %s on %s", self.resource_name, self.socket_path)
+
+    async def stop(self, grace: float = 0.5) -> None:
+        """End streams, close connections, remove the socket. Bounded by `grace` seconds."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self.servicer.stop()
+        with anyio.CancelScope(shield=True):
+            # Let the streams send their end-of-stream before the connections go.
+            with anyio.move_on_after(grace / 2):
+                while self.servicer.open_streams:  # noqa: ASYNC110 - shutdown only, bounded
+                    await anyio.sleep(0.005)
+            server.close()
+            for protocol in server.protocols:
+                processor = getattr(protocol, "processor", None)
+                if processor is not None and _is_open(protocol):
+                    processor.close("device plugin stopping")
+            with anyio.move_on_after(grace / 2):
+                await server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        log.debug("stopped %s on %s", self.resource_name, self.socket_path)

@@ -1,0 +1,134 @@
+"""The agent as a process: flags, exit codes, signals, and what it tells the user."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from nvplugin.core.resources import GPU_RESOURCE
+from nvplugin.testing.kubelet import KubeletSimulator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def nvplugin(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[str]:
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    full_env = {**os.environ, "PYTHONPATH": pythonpath, **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "nvplugin", *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def run_to_end(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> tuple[int, str, str]:
+    proc = nvplugin(*args, env=env)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--fail-on-init-error=maybe"], {}, "--fail-on-init-error: expected true or false, got 'maybe'"),
+        (["--fake-gpus", "99"], {}, "--fake-gpus: expected a GPU count from 0 to 64, got 99"),
+        (["--device-id-strategy", "serial"], {}, "expected one of uuid, index; got 'serial'"),
+        (
+            [],
+            {"FAIL_ON_INIT_ERROR": "sometimes"},
+            "environment variable FAIL_ON_INIT_ERROR: expected true or false",
+        ),
+        (["--fake-gpus", "/nonexistent/layout.yaml"], {}, "cannot read the fake GPU layout"),
+    ],
+)
+def test_bad_values_exit_2_before_any_socket(
+    args: list[str], env: dict[str, str], expected: str, plugin_dir: Path
+) -> None:
+    code, _, err = run_to_end("run", "--kubelet-socket", str(plugin_dir / "kubelet.sock"), *args, env=env)
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err
+    assert list(plugin_dir.iterdir()) == []
+
+
+def test_help_for_every_command() -> None:
+    for command in ([], ["run"], ["simulate"]):
+        code, out, _ = run_to_end(*command, "--help")
+        assert code == 0 and "usage: nvplugin" in out
+    code, out, _ = run_to_end("run", "--help")
+    assert "KUBELET_SOCKET" in out and "--fake-gpus" in out and "FAIL_ON_INIT_ERROR" in out
+
+
+def test_missing_nvml_library_fails_with_a_hint(plugin_dir: Path, tmp_path: Path) -> None:
+    layout = tmp_path / "broken.json"
+    layout.write_text(json.dumps({"count": 2, "faults": {"library": "missing"}}))
+    code, _, err = run_to_end(
+        "run", "--kubelet-socket", str(plugin_dir / "kubelet.sock"), "--fake-gpus", str(layout)
+    )
+    assert code == 1
+    assert "libnvidia-ml.so.1" in err and "container toolkit" in err and "runtime" in err
+    assert "--fail-on-init-error=false" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.anyio
+async def test_missing_nvml_without_fail_on_init_error_serves_zero_devices(
+    plugin_dir: Path, tmp_path: Path
+) -> None:
+    layout = tmp_path / "broken.json"
+    layout.write_text(json.dumps({"count": 2, "faults": {"library": "missing"}}))
+    async with KubeletSimulator(plugin_dir) as kubelet:
+        proc = nvplugin(
+            "run",
+            "--fake-gpus",
+            str(layout),
+            env={"KUBELET_SOCKET": str(plugin_dir / "kubelet.sock"), "FAIL_ON_INIT_ERROR": "false"},
+        )
+        try:
+            plugin = await kubelet.wait_registered(GPU_RESOURCE, timeout=15)
+            assert plugin.capacity == 0
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await anyio.to_thread.run_sync(proc.communicate)
+    assert proc.returncode == 0
+    assert "running with zero devices" in err
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_stops_within_a_second_and_removes_sockets(plugin_dir: Path, signum: int) -> None:
+    async with KubeletSimulator(plugin_dir) as kubelet:
+        proc = nvplugin("run", "--fake-gpus", "4", "--kubelet-socket", str(plugin_dir / "kubelet.sock"))
+        try:
+            plugin = await kubelet.wait_registered(GPU_RESOURCE, timeout=15)
+            assert plugin.capacity == 4
+        except BaseException:
+            proc.kill()
+            raise
+        started = time.monotonic()
+        proc.send_signal(signum)
+        await anyio.to_thread.run_sync(proc.wait)
+        elapsed = time.monotonic() - started
+        await kubelet.wait_devices(GPU_RESOURCE, lambda p: p.stream_ended)
+    assert proc.returncode == 0
+    assert elapsed < 1.0, f"took {elapsed:.2f} s"
+    assert [p.name for p in plugin_dir.iterdir()] == []
+
+
+def test_simulate_once_tells_what_the_kubelet_sees() -> None:
+    code, out, err = run_to_end("simulate", "--once", "--fake-gpus", "2", timeout=30)
+    assert code == 0, err
+    assert "registered nvidia.com/gpu" in out
+    assert "capacity 2, allocatable 2" in out
+    assert "env NVIDIA_VISIBLE_DEVICES=GPU-" in out
