@@ -220,8 +220,9 @@ class HealthWatcher:
         self._wake_recovery = anyio.Event()
         self.stats = WatcherStats()
         self.ready = anyio.Event()  # set once events are registered (tests, benchmarks)
-        self._pump_stopped = threading.Event()
-        self._pump_stopped.set()
+        # NVML wait threads still running (an abandoned one may overlap its successor briefly).
+        self._pumps = 0
+        self._pumps_changed = threading.Condition()
 
     @property
     def faults(self) -> Mapping[str, Fault]:
@@ -230,7 +231,8 @@ class HealthWatcher:
     def wait_stopped(self, timeout_s: float = 1.0) -> bool:
         """Block until the abandoned NVML wait thread has left (at most one wait timeout after
         cancellation). Call it after the TaskGroup exits and before nvml.shutdown()."""
-        return self._pump_stopped.wait(timeout_s)
+        with self._pumps_changed:
+            return self._pumps_changed.wait_for(lambda: self._pumps == 0, timeout_s)
 
     # --- supervision
 
@@ -240,6 +242,17 @@ class HealthWatcher:
             self.ready.set()
             await anyio.sleep_forever()
         log.info("%s", self._policy.describe())
+        try:
+            await self._supervise()
+        finally:
+            # The NVML wait thread was abandoned; it leaves within one wait timeout. Waiting for
+            # it here (bounded) means the agent never shuts NVML down under a blocked wait.
+            with anyio.CancelScope(shield=True):
+                limit = 2 * self._timeout_ms / 1000 + 0.05
+                if not await anyio.to_thread.run_sync(self.wait_stopped, limit):
+                    log.warning("the NVML event wait thread did not stop within %.2fs", limit)
+
+    async def _supervise(self) -> None:
         delay = self._backoff[0]
         while True:
             started = self._clock()
@@ -350,11 +363,14 @@ class HealthWatcher:
     ) -> None:
         """Runs in the worker thread until `stop`. Raises (a crash the supervisor restarts) on a
         bug, or when waits keep failing: a fresh event set may cure that."""
-        self._pump_stopped.clear()
+        with self._pumps_changed:
+            self._pumps += 1
         try:
             self._pump_until(handle, stop, send)
         finally:
-            self._pump_stopped.set()
+            with self._pumps_changed:
+                self._pumps -= 1
+                self._pumps_changed.notify_all()
 
     def _pump_until(
         self,

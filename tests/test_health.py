@@ -294,9 +294,9 @@ async def test_cancellation_during_a_wait_is_prompt_and_frees_the_event_set() ->
         assert fake.event_stats()["event_sets"] == 1
         started = time.monotonic()
         tg.cancel_scope.cancel()
-    assert time.monotonic() - started < 0.2
-    # the abandoned wait ends within one timeout and frees the set
-    assert await anyio.to_thread.run_sync(watcher.wait_stopped, 1.0)
+    # run() returns once its wait thread has left (at most one wait): NVML may shut down now
+    assert time.monotonic() - started < 1.0
+    assert watcher.wait_stopped(0)
     assert fake.event_stats()["event_sets"] == 0
 
 

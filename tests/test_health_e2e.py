@@ -1,0 +1,134 @@
+"""The health watcher inside the real agent, seen from the kubelet simulator."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import anyio
+import pytest
+from grpclib import GRPCError
+
+from nvplugin import fakecontrol
+from nvplugin.agent import Agent
+from nvplugin.commands import inject_xid
+from nvplugin.core.config import Config
+from nvplugin.core.resources import GPU_RESOURCE
+from nvplugin.core.xid import DEFAULT_POLICY, RecoveryPolicy
+from nvplugin.health import HealthWatcher
+from nvplugin.nvml.fake import FakeNvml
+from nvplugin.testing.kubelet import KubeletSimulator
+from tests.conftest import fake_nvml
+
+pytestmark = pytest.mark.anyio
+FAST = replace(
+    DEFAULT_POLICY, recovery=RecoveryPolicy(enabled=True, quiet_period_s=0.3, probe_interval_s=0.05)
+)
+
+
+@asynccontextmanager
+async def agent_with_health(config: Config, nvml: FakeNvml, control: str) -> AsyncIterator[Agent]:
+    """The agent as `run --fake-gpus` will run it: the watcher and the control socket are tasks."""
+    agent = Agent(config, nvml, handle_signals=False)
+    agent.add_task("health", lambda a: HealthWatcher(a.nvml, a.state, FAST).run())
+    agent.add_task(
+        "fake-control",
+        lambda a: fakecontrol.serve_fake_control(nvml, control, forbidden_dir=a.config.plugin_dir),
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(agent.run)
+        with anyio.fail_after(5):
+            while agent.started is None or not agent.started.is_set():  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+            while not await anyio.Path(control).exists():  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+        try:
+            yield agent
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def command(control: str, *argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    inject_xid.add_parser(parser.add_subparsers())
+    return inject_xid.run(parser.parse_args(["inject-xid", "--control", control, *argv]))
+
+
+@pytest.fixture
+def control(plugin_dir: Path) -> str:
+    # beside the plugin directory, never inside it
+    return str(plugin_dir.parent / f"{plugin_dir.name}-fake.sock")
+
+
+async def test_injected_xid_reaches_the_kubelet_and_allocate_refuses(
+    kubelet: KubeletSimulator, config: Config, control: str
+) -> None:
+    nvml = fake_nvml(4)
+    async with agent_with_health(config, nvml, control):
+        plugin = await kubelet.wait_registered(GPU_RESOURCE)
+        assert plugin.allocatable == 4
+        sick = nvml.layout.gpus[2].uuid
+        assert await anyio.to_thread.run_sync(command, control, "--gpu", "2", "--xid", "79") == 0
+        plugin = await kubelet.wait_devices(GPU_RESOURCE, lambda p: p.devices[sick] == "Unhealthy")
+        assert plugin.allocatable == 3 and plugin.capacity == 4
+        with pytest.raises(GRPCError) as refused:
+            await kubelet.allocate(GPU_RESOURCE, [sick])
+        assert "XID 79 on GPU 2, needs reboot" in (refused.value.message or "")
+        healthy = nvml.layout.gpus[0].uuid
+        response = await kubelet.allocate(GPU_RESOURCE, [healthy])
+        assert response.envs["NVIDIA_VISIBLE_DEVICES"] == healthy
+        # an ignored XID changes nothing the kubelet sees
+        updates = plugin.updates
+        assert await anyio.to_thread.run_sync(command, control, "--gpu", "0", "--xid", "13") == 0
+        await anyio.sleep(0.2)
+        assert plugin.updates == updates and plugin.allocatable == 3
+
+
+async def test_recovery_brings_the_device_back(
+    kubelet: KubeletSimulator, config: Config, control: str
+) -> None:
+    nvml = fake_nvml(2)
+    async with agent_with_health(config, nvml, control):
+        await kubelet.wait_registered(GPU_RESOURCE)
+        uuid = nvml.layout.gpus[1].uuid
+        assert await anyio.to_thread.run_sync(command, control, "--gpu", "1", "--xid", "95") == 0
+        await kubelet.wait_devices(GPU_RESOURCE, lambda p: p.allocatable == 1)
+        await anyio.sleep(0.5)  # past the quiet period: a reset-class fault still waits
+        assert kubelet.plugins[GPU_RESOURCE].devices[uuid] == "Unhealthy"
+        assert await anyio.to_thread.run_sync(command, control, "--gpu", "1", "--reset") == 0
+        plugin = await kubelet.wait_devices(GPU_RESOURCE, lambda p: p.allocatable == 2)
+        assert plugin.devices[uuid] == "Healthy"
+
+
+async def test_lost_gpu_leaves_the_rest_allocatable(
+    kubelet: KubeletSimulator, config: Config, control: str
+) -> None:
+    nvml = fake_nvml(4)
+    async with agent_with_health(config, nvml, control):
+        await kubelet.wait_registered(GPU_RESOURCE)
+        assert await anyio.to_thread.run_sync(command, control, "--gpu", "3", "--lose") == 0
+        plugin = await kubelet.wait_devices(GPU_RESOURCE, lambda p: p.allocatable == 3)
+        assert [h for h in plugin.devices.values()].count("Unhealthy") == 1
+        assert plugin.devices[nvml.layout.gpus[3].uuid] == "Unhealthy"
+        response = await kubelet.allocate(GPU_RESOURCE, [nvml.layout.gpus[1].uuid])
+        assert response.envs["NVIDIA_VISIBLE_DEVICES"] == nvml.layout.gpus[1].uuid
+
+
+async def test_agent_stops_promptly_during_a_wait(
+    kubelet: KubeletSimulator, config: Config, control: str
+) -> None:
+    nvml = fake_nvml(2)
+    async with agent_with_health(config, nvml, control) as agent:
+        await kubelet.wait_registered(GPU_RESOURCE)
+        await anyio.sleep(0.1)  # the watcher is inside a blocking NVML wait
+        started = time.monotonic()
+        agent.stop()
+        with anyio.fail_after(2):
+            while agent.started is not None and nvml.event_stats()["event_sets"]:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+    assert time.monotonic() - started < 1.0
+    assert not await anyio.Path(control).exists()
