@@ -6,8 +6,10 @@ Latency: an XID is injected into the fake backend (in-process, or with --socket 
 control socket exactly as `nvplugin inject-xid` does), the watcher's blocked NVML wait wakes in
 its worker thread, the loop applies the mark to NodeState, and a ListAndWatch-like waiter
 (woken by NodeState, building the full device list as a stream does) receives the list with
-that GPU Unhealthy. Target: p99 <= 10 ms. The fault is restart-app class with a zero quiet
-period, so the GPU recovers between events (recovery is not on the measured path).
+that GPU Unhealthy. Target: p99 <= 10 ms. The fault is restart-app class with a 20 ms quiet
+period, so the GPU recovers between events (recovery is not on the measured path; with no
+quiet period at all a mark and its recovery can land between two stream sends and be
+coalesced, which is right for a stream but leaves nothing to time).
 
 Idle CPU: the watcher (default 500 ms wait timeout) and the waiter on 8 fake GPUs, nothing
 happening, process CPU time over the window. Target: <= 0.1 % of one core.
@@ -80,7 +82,7 @@ class ListWatcher:
 async def latency(events: int, gpus: int, via_socket: bool) -> list[float]:
     fake, state = build(gpus)
     policy = replace(
-        DEFAULT_POLICY, recovery=RecoveryPolicy(enabled=True, quiet_period_s=0.0, probe_interval_s=0.002)
+        DEFAULT_POLICY, recovery=RecoveryPolicy(enabled=True, quiet_period_s=0.02, probe_interval_s=0.005)
     )
     watcher = HealthWatcher(fake, state, policy)
     lister = ListWatcher(state)
@@ -130,7 +132,7 @@ async def latency_e2e(events: int, gpus: int, via_socket: bool) -> list[float]:
     control = str(plugin_dir) + "-fake.sock"
     fake = FakeNvml(FakeLayout.of(gpus))
     policy = replace(
-        DEFAULT_POLICY, recovery=RecoveryPolicy(enabled=True, quiet_period_s=0.0, probe_interval_s=0.002)
+        DEFAULT_POLICY, recovery=RecoveryPolicy(enabled=True, quiet_period_s=0.02, probe_interval_s=0.005)
     )
     watcher_box: list[HealthWatcher] = []
 
