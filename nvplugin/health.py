@@ -11,10 +11,12 @@ reboot-class faults). The watcher restarts itself (with backoff) if it crashes, 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
@@ -44,6 +46,9 @@ from nvplugin.nvml.base import (
     NvmlTimeout,
 )
 from nvplugin.state import NodeState
+
+if TYPE_CHECKING:
+    from nvplugin.agent import Agent
 
 log = logging.getLogger(__name__)
 
@@ -538,3 +543,34 @@ class HealthWatcher:
             if updated.action is not fault.action:
                 log.warning("health: device %s: %s; %s", uuid, updated.reason, recovery_hint(updated))
             self._faults[uuid] = updated
+
+
+def attach_to_agent(
+    agent: Agent,
+    policy: HealthPolicy = DEFAULT_POLICY,
+    *,
+    on_transition: Callable[[HealthTransition], None] | None = None,
+    fake_control: str | None = None,
+) -> HealthWatcher:
+    """Wire health into an Agent before `agent.run()`: the watcher as a supervised task and, on
+    the fake backend, the fault-injection socket at `fake_control` (default path when None; never
+    inside the kubelet's plugin directory). One watcher for the agent's life: its faults (and
+    their recovery) survive kubelet restarts and reloads."""
+    from nvplugin.fakecontrol import ControlError, default_control_path, serve_fake_control
+    from nvplugin.nvml.fake import FakeNvml
+
+    watcher = HealthWatcher(agent.nvml, agent.state, policy, on_transition)
+    agent.add_task("health", lambda _agent: watcher.run())
+    if isinstance(agent.nvml, FakeNvml):
+        fake, path = agent.nvml, fake_control or default_control_path()
+        if os.path.realpath(os.path.dirname(path) or ".") == os.path.realpath(agent.config.plugin_dir):
+            # fail before the agent starts, not in a task the supervisor would restart forever
+            raise ControlError(
+                f"{path}: the fake-GPU control socket must not be in the kubelet's device-plugin "
+                f"directory {agent.config.plugin_dir} (the kubelet would take it for a plugin)"
+            )
+        agent.add_task(
+            "fake-control",
+            lambda a: serve_fake_control(fake, path, forbidden_dir=a.config.plugin_dir),
+        )
+    return watcher

@@ -13,13 +13,13 @@ import anyio
 import pytest
 from grpclib import GRPCError
 
-from nvplugin import fakecontrol
 from nvplugin.agent import Agent
 from nvplugin.commands import inject_xid
 from nvplugin.core.config import Config
 from nvplugin.core.resources import GPU_RESOURCE
 from nvplugin.core.xid import DEFAULT_POLICY, RecoveryPolicy
-from nvplugin.health import HealthWatcher
+from nvplugin.fakecontrol import ControlError
+from nvplugin.health import attach_to_agent
 from nvplugin.nvml.fake import FakeNvml
 from nvplugin.testing.kubelet import KubeletSimulator
 from tests.conftest import fake_nvml
@@ -34,11 +34,7 @@ FAST = replace(
 async def agent_with_health(config: Config, nvml: FakeNvml, control: str) -> AsyncIterator[Agent]:
     """The agent as `run --fake-gpus` will run it: the watcher and the control socket are tasks."""
     agent = Agent(config, nvml, handle_signals=False)
-    agent.add_task("health", lambda a: HealthWatcher(a.nvml, a.state, FAST).run())
-    agent.add_task(
-        "fake-control",
-        lambda a: fakecontrol.serve_fake_control(nvml, control, forbidden_dir=a.config.plugin_dir),
-    )
+    attach_to_agent(agent, FAST, fake_control=control)
     async with anyio.create_task_group() as tg:
         tg.start_soon(agent.run)
         with anyio.fail_after(5):
@@ -132,3 +128,9 @@ async def test_agent_stops_promptly_during_a_wait(
                 await anyio.sleep(0.01)
     assert time.monotonic() - started < 1.0
     assert not await anyio.Path(control).exists()
+
+
+def test_attach_refuses_a_control_socket_in_the_plugin_dir(config: Config) -> None:
+    agent = Agent(config, fake_nvml(1), handle_signals=False)
+    with pytest.raises(ControlError, match="must not be in the kubelet's device-plugin directory"):
+        attach_to_agent(agent, fake_control=str(Path(config.plugin_dir) / "fake.sock"))
