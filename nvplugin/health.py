@@ -135,31 +135,18 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def placements_from_state(state: NodeState) -> dict[str, tuple[int, int]]:
-    """MIG placements known to the inventory. Reads `Gpu.mig_devices` where the MIG work has
-    added it (each with uuid and gi/ci or gpu_instance_id/compute_instance_id), and the
-    legacy MIG UUID form MIG-GPU-<uuid>/<gi>/<ci> of advertised devices."""
+    """MIG UUID -> (GPU instance, compute instance), from the inventory's MIG devices and from
+    the legacy MIG UUID form MIG-GPU-<uuid>/<gi>/<ci> of advertised devices."""
     placements: dict[str, tuple[int, int]] = {}
     for gpu in state.inventory.gpus:
-        for mig in getattr(gpu, "mig_devices", ()) or ():
-            gi = _first_attr(mig, ("gi", "gpu_instance_id", "gpu_instance"))
-            ci = _first_attr(mig, ("ci", "compute_instance_id", "compute_instance"))
-            uuid = getattr(mig, "uuid", None)
-            if isinstance(uuid, str) and isinstance(gi, int) and isinstance(ci, int):
-                placements[uuid] = (gi, ci)
+        for mig in gpu.mig_devices:
+            placements[mig.uuid] = (mig.gi_id, mig.ci_id)
     for resource in state.resources:
         for device in resource.devices:
             parsed = _legacy_mig_placement(device.uuid)
             if parsed is not None:
                 placements.setdefault(device.uuid, parsed)
     return placements
-
-
-def _first_attr(obj: object, names: tuple[str, ...]) -> object:
-    for name in names:
-        value = getattr(obj, name, None)
-        if value is not None:
-            return value
-    return None
 
 
 def _legacy_mig_placement(uuid: str) -> tuple[int, int] | None:

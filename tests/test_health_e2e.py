@@ -20,7 +20,7 @@ from nvplugin.core.resources import GPU_RESOURCE
 from nvplugin.core.xid import DEFAULT_POLICY, RecoveryPolicy
 from nvplugin.fakecontrol import ControlError
 from nvplugin.health import attach_to_agent
-from nvplugin.nvml.fake import FakeNvml
+from nvplugin.nvml.fake import FakeNvml, load_layout
 from nvplugin.testing.kubelet import KubeletSimulator
 from tests.conftest import fake_nvml
 
@@ -134,3 +134,33 @@ def test_attach_refuses_a_control_socket_in_the_plugin_dir(config: Config) -> No
     agent = Agent(config, fake_nvml(1), handle_signals=False)
     with pytest.raises(ControlError, match="must not be in the kubelet's device-plugin directory"):
         attach_to_agent(agent, fake_control=str(Path(config.plugin_dir) / "fake.sock"))
+
+
+async def test_mig_event_reaches_only_its_mig_device(
+    kubelet: KubeletSimulator, config: Config, control: str
+) -> None:
+    layout = Path(__file__).resolve().parents[1] / "nvplugin/testing/layouts/mig-mixed-2gpu.yaml"
+    nvml = FakeNvml(load_layout(str(layout)))
+    async with agent_with_health(config.with_changes(mig_strategy="mixed"), nvml, control):
+        await kubelet.wait_registered("nvidia.com/mig-1g.10gb")
+        assert (
+            await anyio.to_thread.run_sync(
+                command, control, "--gpu", "0", "--xid", "94", "--gi", "3", "--ci", "0"
+            )
+            == 0
+        )
+        plugin = await kubelet.wait_devices(
+            "nvidia.com/mig-1g.10gb", lambda p: p.allocatable == p.capacity - 1
+        )
+        sick = [d for d, h in plugin.devices.items() if h == "Unhealthy"]
+        assert len(sick) == 1
+        # every other resource, including the other MIG devices of GPU 0, stays whole
+        for name in ("nvidia.com/mig-3g.40gb", "nvidia.com/mig-2g.20gb", "nvidia.com/mig-4g.40gb"):
+            view = kubelet.plugins[name]
+            assert view.allocatable == view.capacity
+        # a parent-level XID on GPU 0 takes every MIG device on it, and nothing on GPU 1
+        assert await anyio.to_thread.run_sync(command, control, "--gpu", "0", "--xid", "79") == 0
+        await kubelet.wait_devices("nvidia.com/mig-3g.40gb", lambda p: p.allocatable == 0)
+        await kubelet.wait_devices("nvidia.com/mig-2g.20gb", lambda p: p.allocatable == 0)
+        assert kubelet.plugins["nvidia.com/mig-4g.40gb"].allocatable == 1
+        assert kubelet.plugins["nvidia.com/mig-1g.10gb"].allocatable == 1  # GPU 1's 1g.10gb
