@@ -12,10 +12,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nvplugin import __version__
 from nvplugin.core.config import OPTIONS, Config, ConfigError
+
+if TYPE_CHECKING:
+    from nvplugin.configload import LoadedConfig
 
 log = logging.getLogger("nvplugin")
 
@@ -36,6 +39,16 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
         parser.add_argument(option.flag, help=option.help + env, **kwargs)  # type: ignore[arg-type]
 
 
+def _add_fake_control_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fake-control",
+        default=None,
+        metavar="PATH",
+        help="with --fake-gpus: unix socket for `nvplugin inject-xid` [env NVPLUGIN_FAKE_CONTROL] "
+        "(default $XDG_RUNTIME_DIR/nvplugin-fake.sock, else /tmp/nvplugin-fake-<uid>.sock)",
+    )
+
+
 def add_logging_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
@@ -49,12 +62,11 @@ def flags_from_args(args: argparse.Namespace) -> dict[str, object]:
     return {o.field: getattr(args, o.field, None) for o in OPTIONS}
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[Config, tuple[str, ...]]:
-    """The effective config (flags > env > config file) and the config file's warnings."""
+def config_from_args(args: argparse.Namespace) -> LoadedConfig:
+    """The effective config (flags > env > config file), health policy and warnings."""
     from nvplugin.configload import load
 
-    loaded = load(flags_from_args(args), os.environ)
-    return loaded.config, loaded.warnings
+    return load(flags_from_args(args), os.environ)
 
 
 def setup_logging(level: str) -> None:
@@ -80,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "API on a unix socket beside the kubelet's, register, and re-register when the kubelet restarts.",
     )
     add_config_flags(run)
+    _add_fake_control_flag(run)
     add_logging_flags(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -102,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--dir", default=None, help="directory for the kubelet's sockets (default: a new temporary one)"
     )
+    _add_fake_control_flag(simulate)
     add_logging_flags(simulate)
     simulate.set_defaults(handler=_cmd_simulate, log_level="warning")
 
@@ -113,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_command_modules() -> list[Any]:
     """Subcommands that live in their own modules (nvplugin.commands.*): each has
     add_parser(subparsers), which sets `run(args) -> int` as the parser's default."""
-    from nvplugin.commands import check_config, labels
+    from nvplugin.commands import check_config, inject_xid, labels
 
-    return [check_config, labels]
+    return [check_config, labels, inject_xid]
 
 
 def _run_async(fn: Callable[[], object]) -> object:
@@ -143,6 +157,7 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     if config.config_dir is not None:
         config = _initial_node_config(source, config)
     agent = Agent(config, open_backend(config), config_loader=source.load)
+    attach_health(agent, args)
     if config.labels:
         from nvplugin.nodelabels import run_node_integration
 
@@ -153,6 +168,21 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
         print(f"nvplugin: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
     return EXIT_OK
+
+
+def attach_health(agent: Any, args: argparse.Namespace) -> None:
+    """The XID health watcher (and, on fake GPUs, the fault-injection socket) as agent tasks;
+    transitions feed the metrics and, with --labels, Node Events."""
+    from nvplugin.health import HealthTransition, attach_to_agent
+
+    def on_transition(t: HealthTransition) -> None:
+        if agent.node_events is not None:
+            agent.node_events(t.uuid, t.xid, t.reason, t.healthy)
+
+    watcher = attach_to_agent(
+        agent, args.health_policy, on_transition=on_transition, fake_control=args.fake_control
+    )
+    watcher.on_xid = agent.metrics.xid
 
 
 def _initial_node_config(source: Any, config: Config) -> Config:
@@ -176,7 +206,7 @@ def _initial_node_config(source: Any, config: Config) -> Config:
 def _cmd_simulate(args: argparse.Namespace, config: Config) -> int:
     from nvplugin.simulate import run_simulation
 
-    return run_simulation(args, config, _run_async)
+    return run_simulation(args, config, _run_async, prepare=lambda agent: attach_health(agent, args))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -189,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         setup_logging(getattr(args, "log_level", "warning"))
         sys.exit(args.run(args))
     try:
-        config, warnings = config_from_args(args)
+        loaded = config_from_args(args)
+        config, warnings = loaded.config, loaded.warnings
         if args.command == "simulate":
             config = _simulate_config(args, config)
     except ConfigError as exc:
@@ -199,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(args.log_level)
     for warning in warnings:
         log.warning("config file: %s", warning)
+    args.health_policy = loaded.health
     try:
         code = args.handler(args, config)
     except _usage_errors() as exc:

@@ -18,6 +18,7 @@ from typing import Any
 
 from nvplugin.core.config import OPTIONS, Config, ConfigError, resolve
 from nvplugin.core.configfile import ConfigFile, parse_config_file
+from nvplugin.core.xid import DEFAULT_POLICY, HealthPolicy, resolve_health_policy
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class LoadedConfig:
     config: Config
     # What the config file asked for that nvplugin ignores, one line each.
     warnings: tuple[str, ...] = ()
+    # The XID health policy: DP_*_HEALTHCHECKS > the file's `health:` section > NVIDIA's defaults.
+    health: HealthPolicy = DEFAULT_POLICY
 
 
 def read_config_file(path: str) -> ConfigFile:
@@ -81,7 +84,8 @@ def load(flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> L
     path = config_file_path(flags, env)
     file = read_config_file(path) if path is not None else ConfigFile()
     config = resolve(flags, env, file.values, path or "config file")
-    return LoadedConfig(config=config, warnings=file.warnings)
+    health, health_warnings = resolve_health_policy(env, file.health, path or "config file")
+    return LoadedConfig(config=config, warnings=file.warnings + health_warnings, health=health)
 
 
 def load_config(flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> Config:

@@ -48,13 +48,17 @@ def _plugin_dir(requested: str | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-async def simulate(config: Config, once: bool, directory: Path) -> int:
+async def simulate(
+    config: Config, once: bool, directory: Path, prepare: Callable[[Agent], None] | None = None
+) -> int:
     nvml = open_backend(config)
     kubelet_socket = directory / "kubelet.sock"
     config = config.with_changes(kubelet_socket=str(kubelet_socket))
     say(f"nvplugin simulate: simulated GPUs ({config.fake_gpus}) and an embedded kubelet in {directory}")
     async with KubeletSimulator(directory, narrate=lambda t: say(f"  [{t}]")) as kubelet:
         agent = Agent(config, nvml, handle_signals=False)
+        if prepare is not None:
+            prepare(agent)
         async with anyio.create_task_group() as tg:
             failure: list[AgentError] = []
 
@@ -71,6 +75,7 @@ async def simulate(config: Config, once: bool, directory: Path) -> int:
                 tg.cancel_scope.cancel()
             else:
                 say("\nRunning. Every change the kubelet sees is printed below; press Ctrl-C to stop.")
+                say("Try, from another terminal: python -m nvplugin inject-xid --gpu 0 --xid 79")
                 await _follow(agent, kubelet)
         if failure:
             say(f"The agent could not start: {failure[0]}")
@@ -126,10 +131,15 @@ def _changed(kubelet: KubeletSimulator, last: dict[str, Any]) -> bool:
     return any(last.get(n) != (dict(p.devices), p.stream_ended) for n, p in kubelet.plugins.items())
 
 
-def run_simulation(args: argparse.Namespace, config: Config, run_async: Callable[..., Any]) -> int:
+def run_simulation(
+    args: argparse.Namespace,
+    config: Config,
+    run_async: Callable[..., Any],
+    prepare: Callable[[Agent], None] | None = None,
+) -> int:
     with _plugin_dir(args.dir) as directory:
         try:
-            code: int = run_async(lambda: simulate(config, args.once, directory))
+            code: int = run_async(lambda: simulate(config, args.once, directory, prepare))
         except KeyboardInterrupt:
             say("\nCtrl-C: stopping.")
             code = 0

@@ -132,3 +132,44 @@ def test_simulate_once_tells_what_the_kubelet_sees() -> None:
     assert "registered nvidia.com/gpu" in out
     assert "capacity 2, allocatable 2" in out
     assert "env NVIDIA_VISIBLE_DEVICES=GPU-" in out
+
+
+@pytest.mark.anyio
+async def test_inject_xid_from_another_process_marks_the_gpu_unhealthy(
+    plugin_dir: Path, tmp_path: Path
+) -> None:
+    control = str(tmp_path / "fake.sock")
+    async with KubeletSimulator(plugin_dir) as kubelet:
+        proc = nvplugin(
+            "run",
+            "--fake-gpus",
+            "2",
+            "--kubelet-socket",
+            str(plugin_dir / "kubelet.sock"),
+            "--fake-control",
+            control,
+        )
+        try:
+            plugin = await kubelet.wait_registered(GPU_RESOURCE, timeout=15)
+            first = next(iter(plugin.devices))
+            for _ in range(100):  # the control socket starts right after registration
+                if os.path.exists(control):
+                    break
+                await anyio.sleep(0.05)
+            code, out, err = await anyio.to_thread.run_sync(
+                lambda: run_to_end("inject-xid", "--gpu", "0", "--xid", "79", "--control", control)
+            )
+            assert code == 0, err
+            await kubelet.wait_devices(GPU_RESOURCE, lambda p: p.devices[first] == "Unhealthy", timeout=5)
+            assert kubelet.plugins[GPU_RESOURCE].allocatable == 1
+            # No agent listening: a clear message, not a traceback.
+            code, _, err = await anyio.to_thread.run_sync(
+                lambda: run_to_end(
+                    "inject-xid", "--gpu", "0", "--xid", "79", "--control", str(tmp_path / "none.sock")
+                )
+            )
+            assert code != 0 and "Traceback" not in err and "none.sock" in err
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await anyio.to_thread.run_sync(proc.communicate)
+    assert "XID 79" in err

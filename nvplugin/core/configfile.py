@@ -37,6 +37,8 @@ class ConfigFile:
 
     values: Mapping[str, object] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # The `health:` section, checked (nvplugin's extension: see core/xid.parse_health_section).
+    health: object = None
 
 
 _OPTION = {o.field: o for o in OPTIONS}
@@ -171,12 +173,12 @@ def parse_config_file(data: object, file_name: str = "config file") -> ConfigFil
             "(NVIDIA's plugin ignores them too)"
         )
     _read_imex(reader, top.get("imex"))
-    if top.get("health"):
-        reader.warnings.append(
-            f"{file_name}: health is ignored: nvplugin's health checks are configured with "
-            "DP_DISABLE_HEALTHCHECKS and DP_ENABLE_HEALTHCHECKS"
-        )
-    return ConfigFile(values=reader.values, warnings=tuple(reader.warnings))
+    health = top.get("health")
+    if health is not None:
+        from nvplugin.core.xid import parse_health_section  # xid imports config: no cycle at import
+
+        parse_health_section(health, f"{file_name}: health")  # a bad section fails like any field
+    return ConfigFile(values=reader.values, warnings=tuple(reader.warnings), health=health)
 
 
 def _read_flags(reader: _Reader, data: object) -> None:

@@ -95,6 +95,24 @@ class Nvml(Protocol):
     # (0 same board, 10 one switch, 20 several switches, 30 host bridge, 40 NUMA node, 50 system).
     def device_topology_common_ancestor(self, index_a: int, index_b: int) -> int: ...
 
+    # --- health events (appended for the XID watcher; see nvplugin/health.py)
+
+    # An opaque event set; free it with event_set_free.
+    def event_set_create(self) -> object: ...
+
+    # Bitmask of NVML event types the device can report (EVENT_* below).
+    def device_supported_events(self, index: int) -> int: ...
+
+    def device_register_events(self, index: int, mask: int, event_set: object) -> None: ...
+
+    # Blocks up to timeout_ms; raises NvmlTimeout when no event came.
+    def event_set_wait(self, event_set: object, timeout_ms: int) -> NvmlEvent: ...
+
+    def event_set_free(self, event_set: object) -> None: ...
+
+    # A cheap check that the GPU still answers; raises NvmlError (NvmlGpuLost) when it does not.
+    def device_probe(self, index: int) -> DeviceProbe: ...
+
 
 # What NVML says is at the far end of one active NVLink.
 NVLINK_REMOTE_GPU = "gpu"
@@ -125,3 +143,36 @@ def normalize_bus_id(bus_id: str) -> str:
         return f"{domain:04x}:{bus:02x}:{int(device, 16):02x}.{int(function or '0', 16):x}"
     except ValueError:
         return text
+
+
+# NVML event types (nvmlEventType*) the health watcher registers.
+EVENT_SINGLE_BIT_ECC = 0x1
+EVENT_DOUBLE_BIT_ECC = 0x2
+EVENT_XID_CRITICAL = 0x8
+HEALTH_EVENTS = EVENT_XID_CRITICAL | EVENT_DOUBLE_BIT_ECC | EVENT_SINGLE_BIT_ECC
+# NVML's "no GPU/compute instance" in event data (a full-GPU or parent-level event).
+NO_INSTANCE = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class NvmlEvent:
+    """One NVML event. The device is named by index where the backend can tell, else by UUID."""
+
+    gpu_index: int | None
+    uuid: str | None
+    event_type: int
+    # The XID for XidCriticalError events.
+    data: int
+    # MIG placement; None for a full-GPU or parent-level event.
+    gpu_instance: int | None = None
+    compute_instance: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceProbe:
+    """What a successful probe read. `recovery_action` is NVML's GPU recovery action field
+    (0 none, 1 GPU reset, 2 node reboot, ...), None where the driver does not report it."""
+
+    uuid: str
+    temperature_c: int | None = None
+    recovery_action: int | None = None

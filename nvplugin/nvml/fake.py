@@ -49,6 +49,7 @@ import hashlib
 import json
 import threading
 import uuid as uuidlib
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -64,11 +65,14 @@ from nvplugin.core.mig import (
 )
 from nvplugin.core.topology import PcieLevel
 from nvplugin.nvml.base import (
+    EVENT_XID_CRITICAL,
     LIBRARY_HINT,
     NVLINK_REMOTE_GPU,
     NVLINK_REMOTE_SWITCH,
+    DeviceProbe,
     NvLinkRemote,
     NvmlError,
+    NvmlEvent,
     NvmlGpuLost,
     NvmlLibraryNotFound,
     NvmlNotSupported,
@@ -578,6 +582,174 @@ class FakeNvml:
         same_node = numa_a is not None and numa_a == numa_b
         return int(PcieLevel.NODE if same_node else PcieLevel.SYSTEM)
 
+    # --- health events (appended for the XID watcher). Injection methods are thread-safe and
+    # wake a blocked event_set_wait at once.
+
+    def _events(self) -> _FakeEvents:
+        # Created on first use so __init__ stays as it was (other helpers extend it too).
+        hub: _FakeEvents | None = self.__dict__.get("_event_hub")
+        if hub is None:
+            with self._lock:
+                hub = self.__dict__.setdefault("_event_hub", _FakeEvents())
+        assert hub is not None
+        return hub
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < len(self._layout.gpus):
+            raise ValueError(
+                f"no fake GPU {index}: this agent has {len(self._layout.gpus)} GPU(s), "
+                f"indexes 0 to {len(self._layout.gpus) - 1}"
+            )
+
+    def inject_event(
+        self, gpu_index: int, event_type: int, data: int, gi: int | None = None, ci: int | None = None
+    ) -> int:
+        """Deliver one NVML event to every event set registered for it; returns how many."""
+        self._check_index(gpu_index)
+        event = NvmlEvent(gpu_index, self._layout.gpus[gpu_index].uuid, event_type, data, gi, ci)
+        hub = self._events()
+        with hub.cond:
+            hub.injected += 1
+            reached = 0
+            for event_set in hub.sets:
+                if event_set.registered.get(gpu_index, 0) & event_type:
+                    event_set.queue.append(event)
+                    reached += 1
+            hub.cond.notify_all()
+        return reached
+
+    def inject_xid(self, gpu_index: int, xid: int, gi: int | None = None, ci: int | None = None) -> int:
+        """An XidCriticalError, as the driver reports it. Like the driver, an XID that needs a
+        reset or a reboot also sets the GPU's recovery action (cleared by reset_gpu)."""
+        from nvplugin.core.xid import RECOVERY_GPU_RESET, RECOVERY_NODE_REBOOT, Action, action_for
+
+        self._check_index(gpu_index)
+        action = action_for(xid)
+        hub = self._events()
+        with hub.cond:
+            if action is Action.RESET_GPU:
+                hub.recovery[gpu_index] = max(hub.recovery.get(gpu_index, 0), RECOVERY_GPU_RESET)
+            elif action is Action.REBOOT:
+                hub.recovery[gpu_index] = RECOVERY_NODE_REBOOT
+        return self.inject_event(gpu_index, EVENT_XID_CRITICAL, xid, gi, ci)
+
+    def inject_wait_error(self, kind: str = "unknown") -> int:
+        """The next wait on every event set raises this error kind (see ERROR_KINDS)."""
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"unknown error kind {kind!r}; expected one of {', '.join(ERROR_KINDS)}")
+        hub = self._events()
+        with hub.cond:
+            for event_set in hub.sets:
+                event_set.queue.append(ERROR_KINDS[kind]("nvmlEventSetWait", f"injected fault ({kind})"))
+            hub.cond.notify_all()
+            return len(hub.sets)
+
+    def lose_gpu(self, gpu_index: int) -> None:
+        """The GPU falls off the bus: every call about it fails with GPU-lost, and event waits
+        fail once (as NVML's do), so the watcher must find out which GPU it was."""
+        self._check_index(gpu_index)
+        for call in DEVICE_CALLS:
+            self.inject_device_fault(gpu_index, call, "gpu-lost")
+        hub = self._events()
+        with hub.cond:
+            hub.lost.add(gpu_index)
+        self.inject_wait_error("gpu-lost")
+
+    def reset_gpu(self, gpu_index: int) -> None:
+        """An operator's GPU reset: the driver no longer asks for a recovery action."""
+        self._check_index(gpu_index)
+        hub = self._events()
+        with hub.cond:
+            hub.recovery[gpu_index] = 0
+            hub.resets += 1
+
+    def set_supported_events(self, gpu_index: int, mask: int) -> None:
+        self._check_index(gpu_index)
+        hub = self._events()
+        with hub.cond:
+            hub.supported[gpu_index] = mask
+
+    def clear_health_faults(self) -> None:
+        """Undo lost GPUs, recovery actions and queued events (device call faults too)."""
+        hub = self._events()
+        with hub.cond:
+            for event_set in hub.sets:
+                event_set.queue.clear()
+            hub.lost.clear()
+            hub.recovery.clear()
+        self.clear_device_faults()
+
+    def event_stats(self) -> dict[str, int]:
+        hub = self._events()
+        with hub.cond:
+            return {
+                "event_sets": sum(1 for s in hub.sets if not s.freed),
+                "injected": hub.injected,
+                "waits": hub.waits,
+                "timeouts": hub.timeouts,
+                "lost": len(hub.lost),
+                "resets": hub.resets,
+            }
+
+    def event_set_create(self) -> object:
+        if not self._initialised:
+            raise NvmlError("nvmlEventSetCreate", "Uninitialized", 1)
+        hub = self._events()
+        with hub.cond:
+            event_set = _FakeEventSet()
+            hub.sets.append(event_set)
+            return event_set
+
+    def device_supported_events(self, index: int) -> int:
+        self._device("device_uuid", index)
+        hub = self._events()
+        with hub.cond:
+            return hub.supported.get(index, FAKE_SUPPORTED_EVENTS)
+
+    def device_register_events(self, index: int, mask: int, event_set: object) -> None:
+        self._device("device_uuid", index)
+        hub = self._events()
+        es = _as_event_set(event_set, "nvmlDeviceRegisterEvents")
+        with hub.cond:
+            supported = hub.supported.get(index, FAKE_SUPPORTED_EVENTS)
+            if mask == 0 or mask & ~supported:
+                raise NvmlNotSupported("nvmlDeviceRegisterEvents", f"GPU {index} cannot report {mask:#x}", 3)
+            es.registered[index] = es.registered.get(index, 0) | mask
+
+    def event_set_wait(self, event_set: object, timeout_ms: int) -> NvmlEvent:
+        hub = self._events()
+        es = _as_event_set(event_set, "nvmlEventSetWait")
+        with hub.cond:
+            hub.waits += 1
+            hub.cond.wait_for(lambda: bool(es.queue) or es.freed, timeout_ms / 1000)
+            if es.freed:
+                raise NvmlError("nvmlEventSetWait", "event set was freed", 2)
+            if not es.queue:
+                hub.timeouts += 1
+                raise NvmlTimeout("nvmlEventSetWait", "Timeout", 10)
+            item = es.queue.popleft()
+        if isinstance(item, NvmlError):
+            raise item
+        return item
+
+    def event_set_free(self, event_set: object) -> None:
+        hub = self._events()
+        es = _as_event_set(event_set, "nvmlEventSetFree")
+        with hub.cond:
+            es.freed = True
+            if es in hub.sets:
+                hub.sets.remove(es)
+            hub.cond.notify_all()
+
+    def device_probe(self, index: int) -> DeviceProbe:
+        uuid = self._device("device_uuid", index).uuid
+        hub = self._events()
+        with hub.cond:
+            if index in hub.lost:
+                raise NvmlGpuLost("nvmlDeviceGetTemperature", f"GPU {index} has fallen off the bus")
+            recovery = hub.recovery.get(index, 0)
+        return DeviceProbe(uuid=uuid, temperature_c=40, recovery_action=recovery)
+
 
 # --- described topology
 
@@ -694,3 +866,35 @@ def _parse_topology(where: str, data: object, count: int) -> FakeTopology:
         nvswitch_count=switch_count,
         pcie_groups=tuple(groups),
     )
+
+
+# What the real H100 on the GPU test machine reports (nvmlDeviceGetSupportedEventTypes).
+FAKE_SUPPORTED_EVENTS = 65439
+
+
+class _FakeEventSet:
+    def __init__(self) -> None:
+        self.registered: dict[int, int] = {}
+        self.queue: deque[NvmlEvent | NvmlError] = deque()
+        self.freed = False
+
+
+class _FakeEvents:
+    """Event sets and health state of one FakeNvml, guarded by one Condition."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.sets: list[_FakeEventSet] = []
+        self.supported: dict[int, int] = {}
+        self.lost: set[int] = set()
+        self.recovery: dict[int, int] = {}
+        self.injected = 0
+        self.waits = 0
+        self.timeouts = 0
+        self.resets = 0
+
+
+def _as_event_set(event_set: object, call: str) -> _FakeEventSet:
+    if not isinstance(event_set, _FakeEventSet):
+        raise NvmlError(call, "Invalid Argument: not an event set of this backend", 2)
+    return event_set

@@ -19,11 +19,14 @@ from nvplugin.core.inventory import MigDevice
 from nvplugin.core.mig import cap_node, memory_size_gb, parse_mig_minors, profile_name
 from nvplugin.nvml.base import (
     LIBRARY_HINT,
+    NO_INSTANCE,
     NVLINK_REMOTE_GPU,
     NVLINK_REMOTE_SWITCH,
     NVLINK_REMOTE_UNKNOWN,
+    DeviceProbe,
     NvLinkRemote,
     NvmlError,
+    NvmlEvent,
     NvmlGpuLost,
     NvmlLibraryNotFound,
     NvmlNotSupported,
@@ -224,6 +227,81 @@ class RealNvml:
             )
         )
 
+    # --- health events (appended for the XID watcher)
+
+    def event_set_create(self) -> object:
+        return self._call("nvmlEventSetCreate", self._pynvml.nvmlEventSetCreate)
+
+    def device_supported_events(self, index: int) -> int:
+        h = self._handle(index)
+        return int(
+            self._call(
+                "nvmlDeviceGetSupportedEventTypes", lambda: self._pynvml.nvmlDeviceGetSupportedEventTypes(h)
+            )
+        )
+
+    def device_register_events(self, index: int, mask: int, event_set: object) -> None:
+        h = self._handle(index)
+        self._call(
+            "nvmlDeviceRegisterEvents", lambda: self._pynvml.nvmlDeviceRegisterEvents(h, mask, event_set)
+        )
+
+    def event_set_wait(self, event_set: object, timeout_ms: int) -> NvmlEvent:
+        data = self._call("nvmlEventSetWait", lambda: self._pynvml.nvmlEventSetWait_v2(event_set, timeout_ms))
+        address = _handle_address(data.device)
+        index = next((i for i, h in list(self._handles.items()) if _handle_address(h) == address), None)
+        uuid = None
+        if index is None:
+            try:
+                uuid = _text(self._pynvml.nvmlDeviceGetUUID(data.device))
+            except self._pynvml.NVMLError:
+                uuid = None  # the watcher probes every GPU when it cannot tell which one it was
+        return NvmlEvent(
+            gpu_index=index,
+            uuid=uuid,
+            event_type=int(data.eventType),
+            data=int(data.eventData),
+            gpu_instance=_instance(data.gpuInstanceId),
+            compute_instance=_instance(data.computeInstanceId),
+        )
+
+    def event_set_free(self, event_set: object) -> None:
+        self._call("nvmlEventSetFree", lambda: self._pynvml.nvmlEventSetFree(event_set))
+
+    def device_probe(self, index: int) -> DeviceProbe:
+        pynvml = self._pynvml
+        uuid = self.device_uuid(index)
+        h = self._handle(index)
+        temperature: int | None
+        try:
+            temperature = int(
+                self._call(
+                    "nvmlDeviceGetTemperature",
+                    lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+                )
+            )
+        except NvmlNotSupported:
+            temperature = None
+        return DeviceProbe(uuid=uuid, temperature_c=temperature, recovery_action=self._recovery_action(h))
+
+    def _recovery_action(self, h: Any) -> int | None:
+        """NVML's GPU recovery action field; None where the driver lacks it (before R550)."""
+        pynvml = self._pynvml
+        field_id = getattr(pynvml, "NVML_FI_DEV_GET_GPU_RECOVERY_ACTION", None)
+        if field_id is None:
+            return None
+        try:
+            values = self._call(
+                "nvmlDeviceGetFieldValues", lambda: pynvml.nvmlDeviceGetFieldValues(h, [field_id])
+            )
+        except NvmlGpuLost:
+            raise
+        except NvmlError:
+            return None
+        if not values or values[0].nvmlReturn != pynvml.NVML_SUCCESS:
+            return None
+        return int(values[0].value.uiVal)
+
     def device_mig_enabled(self, index: int) -> bool:
         h = self._handle(index)
         current, _pending = self._call("nvmlDeviceGetMigMode", lambda: self._pynvml.nvmlDeviceGetMigMode(h))
@@ -281,6 +359,14 @@ def _translate(call: str, exc: Any, pynvml: Any) -> NvmlError:
     if code == pynvml.NVML_ERROR_GPU_IS_LOST:
         return NvmlGpuLost(call, message, code)
     return NvmlError(call, message, code)
+
+
+def _handle_address(handle: Any) -> int | None:
+    return ctypes.cast(handle, ctypes.c_void_p).value
+
+
+def _instance(value: int) -> int | None:
+    return None if value == NO_INSTANCE else int(value)
 
 
 class _RealMig:

@@ -305,10 +305,14 @@ def test_ignored_nvidia_settings_are_reported() -> None:
         "is shared (NVIDIA's plugin ignores devices too)",
         "config.yaml: resources is ignored: custom resource names are not supported (NVIDIA's plugin "
         "ignores them too)",
-        "config.yaml: health is ignored: nvplugin's health checks are configured with "
-        "DP_DISABLE_HEALTHCHECKS "
-        "and DP_ENABLE_HEALTHCHECKS",
     )
+    # nvplugin's own `health:` section is kept for the XID policy, not ignored.
+    assert parsed.health == {"disabled": True}
+
+
+def test_a_bad_health_section_is_refused_with_its_path() -> None:
+    with pytest.raises(ConfigError, match=r"config\.yaml: health"):
+        parse_config_file({"version": "v1", "health": {"ignoredXids": ["many"]}}, F)
 
 
 def test_precedence_flag_over_env_over_file() -> None:

@@ -1,0 +1,567 @@
+"""The GPU health watcher: NVML events in, health marks on NodeState out.
+
+The blocking NVML wait runs in a worker thread with a short timeout and is abandoned on
+cancellation, so the agent shuts down within one wait (well under a second). Each event comes
+back to the loop, where the XID policy (nvplugin.core.xid) decides and NodeState is changed at
+once: every ListAndWatch stream wakes on that change. No polling while all devices are
+healthy; faulted devices are probed every `probe_interval` until they recover (or never, for
+reboot-class faults). The watcher restarts itself (with backoff) if it crashes, and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from nvplugin.core.inventory import Gpu
+from nvplugin.core.resources import Resource
+from nvplugin.core.xid import (
+    DEFAULT_POLICY,
+    Action,
+    Fault,
+    HealthPolicy,
+    ProbeResult,
+    after_probe,
+    merge_fault,
+    new_fault,
+    recovery_hint,
+)
+from nvplugin.nvml.base import (
+    EVENT_DOUBLE_BIT_ECC,
+    EVENT_XID_CRITICAL,
+    HEALTH_EVENTS,
+    Nvml,
+    NvmlError,
+    NvmlEvent,
+    NvmlGpuLost,
+    NvmlNotSupported,
+    NvmlTimeout,
+)
+from nvplugin.state import NodeState
+
+if TYPE_CHECKING:
+    from nvplugin.agent import Agent
+
+log = logging.getLogger(__name__)
+
+# GPU or MIG UUID -> (GPU instance, compute instance) for MIG devices.
+Placements = Mapping[str, tuple[int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthTransition:
+    """A device the watcher turned Unhealthy (healthy=False) or Healthy again."""
+
+    uuid: str
+    healthy: bool
+    reason: str
+    xid: int | None
+    action: Action | None
+
+
+@dataclass(slots=True)
+class WatcherStats:
+    registered: int = 0
+    unsupported: int = 0
+    waits: int = 0
+    timeouts: int = 0
+    events: int = 0
+    ecc_events: int = 0
+    ignored_xids: int = 0
+    wait_errors: int = 0
+    probes: int = 0
+    unhealthy_marks: int = 0
+    recoveries: int = 0
+    crashes: int = 0
+    restarts: int = 0
+    last_crash: str | None = None
+    registered_gpus: dict[int, int] = field(default_factory=dict)
+
+
+class _EventSetHandle:
+    """Makes an abandoned wait safe: NVML must not free an event set a thread still waits on,
+    so whoever finishes last (the waiting thread or close()) frees it."""
+
+    def __init__(self, nvml: Nvml, event_set: object) -> None:
+        self._nvml = nvml
+        self._event_set = event_set
+        self._lock = threading.Lock()
+        self._waiting = False
+        self._closing = False
+        self._freed = False
+
+    def wait(self, timeout_ms: int) -> NvmlEvent:
+        with self._lock:
+            if self._closing:
+                raise NvmlTimeout("nvmlEventSetWait", "event set closed")
+            self._waiting = True
+        try:
+            return self._nvml.event_set_wait(self._event_set, timeout_ms)
+        finally:
+            with self._lock:
+                self._waiting = False
+                free_now = self._closing and not self._freed
+                self._freed = self._freed or free_now
+            if free_now:
+                self._free()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            if self._waiting or self._freed:
+                return
+            self._freed = True
+        self._free()
+
+    def _free(self) -> None:
+        try:
+            self._nvml.event_set_free(self._event_set)
+        except NvmlError as exc:
+            log.warning("could not free the NVML event set: %s", exc)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def placements_from_state(state: NodeState) -> dict[str, tuple[int, int]]:
+    """MIG UUID -> (GPU instance, compute instance), from the inventory's MIG devices and from
+    the legacy MIG UUID form MIG-GPU-<uuid>/<gi>/<ci> of advertised devices."""
+    placements: dict[str, tuple[int, int]] = {}
+    for gpu in state.inventory.gpus:
+        for mig in gpu.mig_devices:
+            placements[mig.uuid] = (mig.gi_id, mig.ci_id)
+    for resource in state.resources:
+        for device in resource.devices:
+            parsed = _legacy_mig_placement(device.uuid)
+            if parsed is not None:
+                placements.setdefault(device.uuid, parsed)
+    return placements
+
+
+def _legacy_mig_placement(uuid: str) -> tuple[int, int] | None:
+    if not uuid.startswith("MIG-GPU-"):
+        return None
+    parts = uuid.removeprefix("MIG-").split("/")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    return int(parts[1]), int(parts[2])
+
+
+def event_targets(
+    resources: tuple[Resource, ...],
+    placements: Placements,
+    gpu_uuid: str,
+    gpu_instance: int | None,
+    compute_instance: int | None,
+) -> list[str]:
+    """The UUIDs to mark for an event on `gpu_uuid`. A parent-level event (no GPU instance)
+    marks the GPU, which makes every device on it Unhealthy (replicas and MIG devices too).
+    A MIG event marks the MIG devices in that GPU instance (and compute instance, when
+    given); if none is advertised separately (MIG strategy none), the whole GPU."""
+    if gpu_instance is None:
+        return [gpu_uuid]
+    matches = set()
+    for resource in resources:
+        for device in resource.devices:
+            if device.gpu_uuid != gpu_uuid or device.uuid == gpu_uuid:
+                continue
+            placement = placements.get(device.uuid)
+            if placement is None or placement[0] != gpu_instance:
+                continue
+            if compute_instance is None or placement[1] == compute_instance:
+                matches.add(device.uuid)
+    return sorted(matches) or [gpu_uuid]
+
+
+class HealthWatcher:
+    """Run `await watcher.run()` in the agent's TaskGroup; cancel the group to stop it."""
+
+    def __init__(
+        self,
+        nvml: Nvml,
+        state: NodeState,
+        policy: HealthPolicy = DEFAULT_POLICY,
+        on_transition: Callable[[HealthTransition], None] | None = None,
+        *,
+        wait_timeout_ms: int = 500,
+        placements: Callable[[], Placements] | None = None,
+        restart_backoff_s: tuple[float, float] = (0.5, 30.0),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._nvml = nvml
+        self._state = state
+        self._policy = policy
+        self._on_transition = on_transition
+        self._timeout_ms = wait_timeout_ms
+        self._placements = placements or (lambda: placements_from_state(state))
+        self._backoff = restart_backoff_s
+        self._clock = clock
+        self._faults: dict[str, Fault] = {}
+        self._reported: set[str] = set()
+        self._wake_recovery = anyio.Event()
+        self.stats = WatcherStats()
+        self.ready = anyio.Event()  # set once events are registered (tests, benchmarks)
+        # Every XID event, ignored ones included (metrics count them by code).
+        self.on_xid: Callable[[int], None] | None = None
+        # NVML wait threads still running (an abandoned one may overlap its successor briefly).
+        self._pumps = 0
+        self._pumps_changed = threading.Condition()
+
+    @property
+    def faults(self) -> Mapping[str, Fault]:
+        return dict(self._faults)
+
+    def wait_stopped(self, timeout_s: float = 1.0) -> bool:
+        """Block until the abandoned NVML wait thread has left (at most one wait timeout after
+        cancellation). Call it after the TaskGroup exits and before nvml.shutdown()."""
+        with self._pumps_changed:
+            return self._pumps_changed.wait_for(lambda: self._pumps == 0, timeout_s)
+
+    # --- supervision
+
+    async def run(self) -> None:
+        if not self._policy.watching:
+            log.info("%s", self._policy.describe())
+            self.ready.set()
+            await anyio.sleep_forever()
+        log.info("%s", self._policy.describe())
+        try:
+            await self._supervise()
+        finally:
+            # The NVML wait thread was abandoned; it leaves within one wait timeout. Waiting for
+            # it here (bounded) means the agent never shuts NVML down under a blocked wait.
+            with anyio.CancelScope(shield=True):
+                limit = 2 * self._timeout_ms / 1000 + 0.05
+                if not await anyio.to_thread.run_sync(self.wait_stopped, limit):
+                    log.warning("the NVML event wait thread did not stop within %.2fs", limit)
+
+    async def _supervise(self) -> None:
+        delay = self._backoff[0]
+        while True:
+            started = self._clock()
+            try:
+                await self._watch()
+                # _watch returns only when the inventory changed: register again at once.
+                log.info("GPU inventory changed: registering health events again")
+                self.stats.restarts += 1
+                continue
+            except Exception as exc:
+                self.stats.crashes += 1
+                cause = _unwrap(exc)
+                self.stats.last_crash = f"{type(cause).__name__}: {cause}"
+                log.exception(
+                    "health watcher crashed (%s); restarting in %.1fs", self.stats.last_crash, delay
+                )
+            if self._clock() - started > 60:
+                delay = self._backoff[0]
+            await anyio.sleep(delay)
+            self.stats.restarts += 1
+            delay = min(delay * 2, self._backoff[1])
+
+    async def _watch(self) -> None:
+        gpus = self._state.inventory.gpus
+        handle, problems = await anyio.to_thread.run_sync(self._register, gpus)
+        try:
+            for index, problem in problems:
+                # A GPU that cannot even be registered may be gone: only a failed probe marks it.
+                log.warning("GPU %d: %s; probing it", index, problem)
+            if problems:
+                await self._probe_gpus([i for i, _ in problems], "event registration failed")
+            self.ready.set()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._recovery_loop)
+                tg.start_soon(self._follow_inventory, gpus, tg.cancel_scope)
+                await self._event_loop(handle)
+        finally:
+            handle.close()
+
+    def _register(self, gpus: tuple[Gpu, ...]) -> tuple[_EventSetHandle, list[tuple[int, str]]]:
+        event_set = self._nvml.event_set_create()
+        handle = _EventSetHandle(self._nvml, event_set)
+        problems: list[tuple[int, str]] = []
+        self.stats.registered_gpus = {}
+        try:
+            for gpu in gpus:
+                try:
+                    mask = self._nvml.device_supported_events(gpu.index) & HEALTH_EVENTS
+                    if mask:
+                        self._nvml.device_register_events(gpu.index, mask, event_set)
+                        self.stats.registered_gpus[gpu.index] = mask
+                        continue
+                    why = "supports none of the XID and ECC events"
+                except NvmlNotSupported as exc:
+                    why = f"cannot register health events ({exc})"
+                except NvmlError as exc:
+                    problems.append((gpu.index, f"cannot register health events: {exc}"))
+                    continue
+                self.stats.unsupported += 1
+                if gpu.uuid not in self._reported:
+                    self._reported.add(gpu.uuid)
+                    log.warning("GPU %d (%s) %s: it gets no XID health checks", gpu.index, gpu.uuid, why)
+        except BaseException:
+            handle.close()
+            raise
+        self.stats.registered = len(self.stats.registered_gpus)
+        log.info("health events registered on %d of %d GPU(s)", len(self.stats.registered_gpus), len(gpus))
+        return handle, problems
+
+    async def _follow_inventory(self, gpus: tuple[Gpu, ...], scope: anyio.CancelScope) -> None:
+        seen = self._state.version
+        known = {(g.index, g.uuid) for g in gpus}
+        while True:
+            seen = await self._state.wait_changed(seen)
+            if {(g.index, g.uuid) for g in self._state.inventory.gpus} != known:
+                scope.cancel()  # _watch returns; run() registers the new inventory
+                return
+
+    # --- events
+
+    async def _event_loop(self, handle: _EventSetHandle) -> None:
+        """One long-lived worker thread waits on NVML and hands only events and errors to the
+        loop: timeouts never wake the loop, so an idle watcher costs the loop nothing."""
+        send, receive = anyio.create_memory_object_stream[NvmlEvent | NvmlError](max_buffer_size=1024)
+        stop = threading.Event()
+
+        async def pump() -> None:
+            try:
+                await anyio.to_thread.run_sync(self._pump, handle, stop, send, abandon_on_cancel=True)
+            finally:
+                stop.set()  # an abandoned pump leaves within one wait timeout
+
+        async with anyio.create_task_group() as tg, receive:
+            tg.start_soon(pump)
+            async for item in receive:
+                if isinstance(item, NvmlError):
+                    self.stats.wait_errors += 1
+                    log.warning("NVML event wait failed: %s; probing every GPU", item)
+                    await self._probe_gpus([g.index for g in self._state.inventory.gpus], f"after {item}")
+                else:
+                    await self._on_event(item)
+
+    def _pump(
+        self,
+        handle: _EventSetHandle,
+        stop: threading.Event,
+        send: MemoryObjectSendStream[NvmlEvent | NvmlError],
+    ) -> None:
+        """Runs in the worker thread until `stop`. Raises (a crash the supervisor restarts) on a
+        bug, or when waits keep failing: a fresh event set may cure that."""
+        with self._pumps_changed:
+            self._pumps += 1
+        try:
+            self._pump_until(handle, stop, send)
+        finally:
+            with self._pumps_changed:
+                self._pumps -= 1
+                self._pumps_changed.notify_all()
+
+    def _pump_until(
+        self,
+        handle: _EventSetHandle,
+        stop: threading.Event,
+        send: MemoryObjectSendStream[NvmlEvent | NvmlError],
+    ) -> None:
+        errors_in_row = 0
+        while not stop.is_set():
+            self.stats.waits += 1
+            try:
+                item: NvmlEvent | NvmlError = handle.wait(self._timeout_ms)
+                errors_in_row = 0
+            except NvmlTimeout:
+                self.stats.timeouts += 1
+                errors_in_row = 0
+                continue
+            except NvmlError as exc:
+                errors_in_row += 1
+                if errors_in_row > 5:
+                    raise RuntimeError(
+                        f"NVML event wait failed {errors_in_row} times in a row: {exc}"
+                    ) from exc
+                item = exc
+            if stop.is_set():
+                return
+            try:
+                anyio.from_thread.run_sync(send.send_nowait, item)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError, RuntimeError):
+                return  # the loop side is gone or stuck: the supervisor starts over
+            if errors_in_row:
+                stop.wait(min(0.1 * 2**errors_in_row, 5.0))  # no hot loop on a broken event set
+
+    async def _on_event(self, event: NvmlEvent) -> None:
+        self.stats.events += 1
+        gpu = self._gpu_of(event)
+        where = f"GPU {gpu.index} ({gpu.uuid})" if gpu else f"GPU {event.gpu_index} / {event.uuid}"
+        if event.event_type != EVENT_XID_CRITICAL:
+            # NVIDIA acts on XIDs only: a DBE also raises XID 48 (or 94/95), which carries the action.
+            self.stats.ecc_events += 1
+            kind = "double-bit" if event.event_type & EVENT_DOUBLE_BIT_ECC else "single-bit"
+            log.info("%s ECC event on %s (data %d): counted, not acted on", kind, where, event.data)
+            return
+        xid = event.data
+        if self.on_xid is not None:
+            self.on_xid(xid)
+        if self._policy.is_ignored(xid):
+            self.stats.ignored_xids += 1
+            log.info("XID %d on %s ignored by the health policy", xid, where)
+            return
+        if gpu is None:
+            if event.gpu_index is None and event.uuid is None:
+                log.warning("XID %d on a GPU NVML could not name; probing every GPU", xid)
+                await self._probe_gpus([g.index for g in self._state.inventory.gpus], f"XID {xid}")
+            else:
+                log.warning("XID %d on %s, which this agent does not advertise: ignored", xid, where)
+            return
+        action = self._policy.action(xid)
+        instance = ""
+        if event.gpu_instance is not None:
+            instance = f" (GPU instance {event.gpu_instance}, compute instance {event.compute_instance})"
+        reason = f"XID {xid} on GPU {gpu.index}{instance}, needs {action.value}"
+        targets = event_targets(
+            self._state.resources, self._placements(), gpu.uuid, event.gpu_instance, event.compute_instance
+        )
+        for uuid in targets:
+            self._fault(uuid, action, reason, xid)
+
+    def _gpu_of(self, event: NvmlEvent) -> Gpu | None:
+        for gpu in self._state.inventory.gpus:
+            if event.gpu_index is not None and gpu.index == event.gpu_index:
+                return gpu
+            if event.gpu_index is None and event.uuid is not None and gpu.uuid == event.uuid:
+                return gpu
+        return None
+
+    def _fault(self, uuid: str, action: Action, reason: str, xid: int | None) -> None:
+        now = self._clock()
+        old = self._faults.get(uuid)
+        if old is not None:
+            fault = merge_fault(old, action, reason, xid, now)
+            if fault.action is not old.action:
+                log.warning("device %s: %s; now %s", uuid, reason, recovery_hint(fault))
+            self._faults[uuid] = fault
+            return
+        fault = new_fault(action, reason, xid, now)
+        self._faults[uuid] = fault
+        full_reason = f"{reason}; {recovery_hint(fault)}"
+        if self._state.mark_unhealthy(uuid, full_reason):
+            self.stats.unhealthy_marks += 1
+            log.warning("health: device %s Unhealthy (XID %s): %s", uuid, xid, full_reason)
+            self._notify(HealthTransition(uuid, False, full_reason, xid, action))
+        self._wake_recovery.set()
+
+    def _notify(self, transition: HealthTransition) -> None:
+        if self._on_transition is None:
+            return
+        try:
+            self._on_transition(transition)
+        except Exception:
+            log.exception("health transition callback failed for %s", transition.uuid)
+
+    # --- probing and recovery
+
+    async def _probe(self, index: int) -> ProbeResult:
+        self.stats.probes += 1
+        try:
+            probe = await anyio.to_thread.run_sync(self._nvml.device_probe, index, abandon_on_cancel=True)
+        except NvmlGpuLost as exc:
+            return ProbeResult(ok=False, lost=True, error=str(exc))
+        except NvmlError as exc:
+            return ProbeResult(ok=False, error=str(exc))
+        return ProbeResult(ok=True, recovery_action=probe.recovery_action)
+
+    async def _probe_gpus(self, indexes: list[int], context: str) -> None:
+        """Probe each GPU; only those that fail are marked (NVIDIA marks every device)."""
+        by_index = {g.index: g for g in self._state.inventory.gpus}
+        for index in indexes:
+            gpu = by_index.get(index)
+            if gpu is None:
+                continue
+            result = await self._probe(index)
+            if result.ok:
+                self._after_probe(gpu.uuid, result)
+                continue
+            action = Action.REBOOT if result.lost else Action.RESTART_APP
+            what = "lost (fallen off the bus?)" if result.lost else "not answering"
+            self._fault(gpu.uuid, action, f"GPU {index} {what} {context}: {result.error}", None)
+
+    async def _recovery_loop(self) -> None:
+        interval = self._policy.recovery.probe_interval_s
+        while True:
+            if not any(f.action is not Action.REBOOT for f in self._faults.values()):
+                self._wake_recovery = anyio.Event()
+                await self._wake_recovery.wait()
+            await anyio.sleep(interval)
+            await self._check_recovery()
+
+    async def _check_recovery(self) -> None:
+        gpu_of = {}
+        for resource in self._state.resources:
+            for device in resource.devices:
+                gpu_of[device.uuid] = device.gpu_uuid
+        by_uuid = {g.uuid: g for g in self._state.inventory.gpus}
+        gpus = {gpu_of.get(u, u) for u, f in self._faults.items() if f.action is not Action.REBOOT}
+        for gpu_uuid in sorted(gpus):
+            gpu = by_uuid.get(gpu_uuid)
+            if gpu is None:
+                continue
+            result = await self._probe(gpu.index)
+            for uuid in [u for u in self._faults if gpu_of.get(u, u) == gpu_uuid]:
+                self._after_probe(uuid, result)
+
+    def _after_probe(self, uuid: str, result: ProbeResult) -> None:
+        """Apply one probe of the GPU that `uuid` (the GPU or a MIG device on it) lives on."""
+        fault = self._faults.get(uuid)
+        if fault is None:
+            return
+        updated = after_probe(fault, result, self._clock(), self._policy.recovery)
+        if updated is None:
+            del self._faults[uuid]
+            if self._state.mark_healthy(uuid):
+                self.stats.recoveries += 1
+                log.warning("health: device %s Healthy again (was: %s)", uuid, fault.reason)
+                self._notify(HealthTransition(uuid, True, f"recovered from: {fault.reason}", fault.xid, None))
+        elif updated != fault:
+            if updated.action is not fault.action:
+                log.warning("health: device %s: %s; %s", uuid, updated.reason, recovery_hint(updated))
+            self._faults[uuid] = updated
+
+
+def attach_to_agent(
+    agent: Agent,
+    policy: HealthPolicy = DEFAULT_POLICY,
+    *,
+    on_transition: Callable[[HealthTransition], None] | None = None,
+    fake_control: str | None = None,
+) -> HealthWatcher:
+    """Wire health into an Agent before `agent.run()`: the watcher as a supervised task and, on
+    the fake backend, the fault-injection socket at `fake_control` (default path when None; never
+    inside the kubelet's plugin directory). One watcher for the agent's life: its faults (and
+    their recovery) survive kubelet restarts and reloads."""
+    from nvplugin.fakecontrol import ControlError, default_control_path, serve_fake_control
+    from nvplugin.nvml.fake import FakeNvml
+
+    watcher = HealthWatcher(agent.nvml, agent.state, policy, on_transition)
+    agent.add_task("health", lambda _agent: watcher.run())
+    if isinstance(agent.nvml, FakeNvml):
+        fake, path = agent.nvml, fake_control or default_control_path()
+        if os.path.realpath(os.path.dirname(path) or ".") == os.path.realpath(agent.config.plugin_dir):
+            # fail before the agent starts, not in a task the supervisor would restart forever
+            raise ControlError(
+                f"{path}: the fake-GPU control socket must not be in the kubelet's device-plugin "
+                f"directory {agent.config.plugin_dir} (the kubelet would take it for a plugin)"
+            )
+        agent.add_task(
+            "fake-control",
+            lambda a: serve_fake_control(fake, path, forbidden_dir=a.config.plugin_dir),
+        )
+    return watcher
