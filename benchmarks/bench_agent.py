@@ -171,6 +171,19 @@ def uvloop_installed() -> bool:
     return True
 
 
+async def with_api_server(args: argparse.Namespace) -> None:
+    """--labels: the agent labels its node through the test API server (loopback only)."""
+    from nvplugin.testing.apiserver import FakeApiServer
+
+    async with FakeApiServer() as api:
+        api.add_node("bench-node")
+        kubeconfig = api.write_kubeconfig(Path(tempfile.mkdtemp(prefix="nvpb-kc-")) / "kubeconfig")
+        os.environ["NODE_NAME"] = "bench-node"
+        args.agent_args += ["--labels", "--kubeconfig", str(kubeconfig)]
+        await main(args)
+        print(f"node labels written by the agent: {len(api.labels('bench-node'))}")
+
+
 async def main(args: argparse.Namespace) -> None:
     machine = f"{platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()})"
     backend = "real NVML" if args.real else (args.layout or f"{args.gpus} fake GPUs")
@@ -214,5 +227,7 @@ if __name__ == "__main__":
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--layout", help="a fake GPU layout file instead of --gpus")
     parser.add_argument("--resource", default=RESOURCE, help="the resource to allocate from")
+    parser.add_argument("--labels", action="store_true", help="run the agent with --labels (test API server)")
     parser.add_argument("agent_args", nargs="*", help="more flags for the agent (after --)")
-    anyio.run(main, parser.parse_args())
+    ns = parser.parse_args()
+    anyio.run(with_api_server if ns.labels else main, ns)

@@ -8,6 +8,7 @@ the NodeState whenever it changes; the reconciler writes only what differs from 
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from pathlib import Path
 
@@ -19,8 +20,14 @@ from nvplugin.configload import ConfigSource
 log = logging.getLogger(__name__)
 
 
+# Heavy (about 0.4 s and 50 MiB): imported in a worker thread so the loop keeps serving meanwhile.
+_CLIENT_MODULES = ("aiohttp", "kubernetes_asyncio.client", "kubernetes_asyncio.config")
+
+
 async def run_node_integration(agent: Agent, source: ConfigSource) -> None:
     await agent.wait_ready()
+    for module in _CLIENT_MODULES:
+        await anyio.to_thread.run_sync(importlib.import_module, module)
     from nvplugin.core.labels import node_labels
     from nvplugin.k8s.integration import NodeIntegration, resolve_node_name
     from nvplugin.nodefacts import read_node_facts

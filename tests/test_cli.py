@@ -156,7 +156,7 @@ async def test_inject_xid_from_another_process_marks_the_gpu_unhealthy(
                 if os.path.exists(control):
                     break
                 await anyio.sleep(0.05)
-            code, out, err = await anyio.to_thread.run_sync(
+            code, _out, err = await anyio.to_thread.run_sync(
                 lambda: run_to_end("inject-xid", "--gpu", "0", "--xid", "79", "--control", control)
             )
             assert code == 0, err
