@@ -2,6 +2,7 @@
 # GPU steps of the capabilities beyond the core agent, run by scripts/gpu-run.sh with its OUTDIR.
 out=${1:-${OUT:-/tmp/nvplugin-gpu}}
 mkdir -p "$out"
+source scripts/gpu-env.sh || exit 1
 step() { echo; echo "### $*"; "$@"; echo "(exit $?)"; }
 
 # Issue 6: the labels this node gets, next to what nvidia-smi says (docs/labels.md records both).
