@@ -195,7 +195,8 @@ def spawn_agent(name: str, kubelet_socket: Path) -> subprocess.Popen[bytes]:
     ]  # fmt: skip
     if name != "real":
         cmd += ["--fake-gpus", layout_path(name)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "NVPLUGIN_METRICS_ADDRESS": "off"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -10,7 +10,6 @@
 set -u
 out=${1:-${OUT:-/tmp/nvplugin-gpu}}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 source scripts/gpu-env.sh || exit 1
 
