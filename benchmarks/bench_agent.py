@@ -40,6 +40,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def agent_cmd(args: argparse.Namespace, socket: Path) -> list[str]:
+    if args.bare:
+        return [sys.executable, str(ROOT / "benchmarks" / "bare_plugin.py"), "--kubelet-socket", str(socket)]
     cmd = [sys.executable, "-m", "nvplugin", "run", "--kubelet-socket", str(socket), "--log-level", "warning"]
     if not args.real:
         cmd += ["--fake-gpus", args.layout or str(args.gpus)]
@@ -140,7 +142,7 @@ async def bench_restarts_rss_idle(args: argparse.Namespace, directory: Path) -> 
         try:
             await kubelet.wait_registered(args.resource, timeout=30)
             latencies = []
-            for n in range(2, args.restarts + 2):
+            for n in range(2, 2 if args.bare else args.restarts + 2):  # the bare plugin never re-registers
                 t0 = time.monotonic()
                 await kubelet.restart()
                 await kubelet.wait_registered(args.resource, count=n, timeout=10)
@@ -187,6 +189,8 @@ async def with_api_server(args: argparse.Namespace) -> None:
 async def main(args: argparse.Namespace) -> None:
     machine = f"{platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()})"
     backend = "real NVML" if args.real else (args.layout or f"{args.gpus} fake GPUs")
+    if args.bare:
+        backend = "BARE grpclib + betterproto2 plugin (the baseline, no work)"
     if args.agent_args:
         backend += " " + " ".join(args.agent_args)
     print(f"# bench_agent on {machine}, {backend}, {time.strftime('%Y-%m-%d %H:%M')}")
@@ -197,7 +201,7 @@ async def main(args: argparse.Namespace) -> None:
             f"start -> Register: median {statistics.median(starts):.1f} ms, p90 {pct(starts, 90):.1f} ms, "
             f"min {min(starts):.1f} ms over {len(starts)} starts"
         )
-        loops = [False, True] if uvloop_installed() else [False]
+        loops = [False, True] if uvloop_installed() and not args.bare else [False]
         for uv in loops:
             lat = await bench_allocate(args, directory, uvloop=uv)
             print(
@@ -209,10 +213,11 @@ async def main(args: argparse.Namespace) -> None:
         out = await bench_restarts_rss_idle(args, directory)
         restart = out["restart"]
         assert isinstance(restart, list)
-        print(
-            f"kubelet restart -> re-registered: p50 {pct(restart, 50):.1f} ms, p99 {pct(restart, 99):.1f} ms, "
-            f"max {max(restart):.1f} ms over {len(restart)} restarts"
-        )
+        if restart:
+            print(
+                f"kubelet restart -> re-registered: p50 {pct(restart, 50):.1f} ms, p99 {pct(restart, 99):.1f} ms, "
+                f"max {max(restart):.1f} ms over {len(restart)} restarts"
+            )
         print(f"peak RSS (VmHWM): {out['peak_rss_mib']:.1f} MiB; threads: {out['threads']}")
         print(f"idle CPU over {args.idle:.0f} s: {out['idle_cpu_pct']:.3f} % of one core")
 
@@ -227,6 +232,7 @@ if __name__ == "__main__":
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--layout", help="a fake GPU layout file instead of --gpus")
     parser.add_argument("--resource", default=RESOURCE, help="the resource to allocate from")
+    parser.add_argument("--bare", action="store_true", help="measure the bare baseline plugin instead")
     parser.add_argument("--labels", action="store_true", help="run the agent with --labels (test API server)")
     parser.add_argument("agent_args", nargs="*", help="more flags for the agent (after --)")
     ns = parser.parse_args()

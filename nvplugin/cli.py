@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from nvplugin import __version__
 from nvplugin.core.config import OPTIONS, Config, ConfigError
+from nvplugin.logs import add_logging_flags, setup_logging
 
 if TYPE_CHECKING:
     from nvplugin.configload import LoadedConfig
@@ -49,15 +50,6 @@ def _add_fake_control_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_logging_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("NVPLUGIN_LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
-        help="log level [env NVPLUGIN_LOG_LEVEL] (default info)",
-    )
-
-
 def flags_from_args(args: argparse.Namespace) -> dict[str, object]:
     return {o.field: getattr(args, o.field, None) for o in OPTIONS}
 
@@ -67,14 +59,6 @@ def config_from_args(args: argparse.Namespace) -> LoadedConfig:
     from nvplugin.configload import load
 
     return load(flags_from_args(args), os.environ)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.print_help(sys.stderr)
         sys.exit(EXIT_USAGE)
     if not hasattr(args, "handler"):  # a self-contained tool command (check-config, ...)
-        setup_logging(getattr(args, "log_level", "warning"))
+        setup_logging(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
         sys.exit(args.run(args))
     try:
         loaded = config_from_args(args)
@@ -227,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"nvplugin {args.command}: error: {exc}", file=sys.stderr)
         print(f"Run 'nvplugin {args.command} --help' for the accepted values.", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     for warning in warnings:
         log.warning("config file: %s", warning)
     args.health_policy = loaded.health
