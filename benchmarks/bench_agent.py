@@ -14,6 +14,7 @@ Prints, for the agent process:
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import platform
 import statistics
@@ -187,6 +188,10 @@ async def with_api_server(args: argparse.Namespace) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
+    # Byte-compile first, as an installed package is: start-up must not include compiling
+    # (this sandbox sets PYTHONDONTWRITEBYTECODE, so imports alone never write .pyc files).
+    compileall.compile_dir(ROOT / "nvplugin", quiet=1)
+    compileall.compile_dir(ROOT / "benchmarks", quiet=1)
     machine = f"{platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()})"
     backend = "real NVML" if args.real else (args.layout or f"{args.gpus} fake GPUs")
     if args.bare:

@@ -193,10 +193,6 @@ class Agent:
             raise AgentError(f"cannot advertise the GPUs with this configuration: {exc}") from None
         self.control_nodes = await anyio.to_thread.run_sync(existing_control_nodes)
         self.state.replace(inventory, resources)
-        # Everything allocated so far (modules, inventory) lives as long as the process: keep it
-        # out of the collector's way, so a full collection never lands inside an RPC.
-        gc.collect()
-        gc.freeze()
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -382,8 +378,13 @@ async def _register(agent: Agent, server: PluginServer) -> None:
     if agent.ready:
         if agent._first_attempt is not None:
             agent._first_attempt.set()
-        if agent._registered_once is not None:
+        if agent._registered_once is not None and not agent._registered_once.is_set():
             agent._registered_once.set()
+            # What exists now (modules, inventory) lives as long as the process: keep it out of
+            # the collector's way, so a full collection never lands inside an RPC. After the
+            # first registration, not before: it costs ~10 ms.
+            gc.collect()
+            gc.freeze()
 
 
 async def _track_devices(agent: Agent) -> None:

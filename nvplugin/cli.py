@@ -8,6 +8,7 @@ that says what to check.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -61,7 +62,17 @@ def config_from_args(args: argparse.Namespace) -> LoadedConfig:
     return load(flags_from_args(args), os.environ)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Tool commands in their own modules (nvplugin.commands.*), each with add_parser(subparsers)
+# setting `run(args) -> int`. A module is imported only when its command runs (or for the full
+# help): `nvplugin run` must not pay for the tools' imports on its way to Register.
+TOOL_COMMANDS = {
+    "check-config": ("nvplugin.commands.check_config", "validate an NVIDIA-compatible v1 config file"),
+    "labels": ("nvplugin.commands.labels", "print the node labels this node would get (no cluster needed)"),
+    "inject-xid": ("nvplugin.commands.inject_xid", "inject an XID or fault into a running agent on fake GPUs"),
+}
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nvplugin",
         description="Kubernetes node agent for NVIDIA GPUs (device plugin API v1beta1).",
@@ -103,17 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_logging_flags(simulate)
     simulate.set_defaults(handler=_cmd_simulate, log_level="warning")
 
-    for module in _extra_command_modules():
-        module.add_parser(commands)
+    requested = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    for name, (module_name, summary) in TOOL_COMMANDS.items():
+        if requested in (name, None):
+            importlib.import_module(module_name).add_parser(commands)
+        else:  # listed in `nvplugin --help`, not imported
+            commands.add_parser(name, help=summary)
     return parser
-
-
-def _extra_command_modules() -> list[Any]:
-    """Subcommands that live in their own modules (nvplugin.commands.*): each has
-    add_parser(subparsers), which sets `run(args) -> int` as the parser's default."""
-    from nvplugin.commands import check_config, inject_xid, labels
-
-    return [check_config, labels, inject_xid]
 
 
 def _run_async(fn: Callable[[], object]) -> object:
@@ -194,7 +201,7 @@ def _cmd_simulate(args: argparse.Namespace, config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
