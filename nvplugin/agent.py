@@ -435,7 +435,7 @@ async def _watch_kubelet_dir(agent: Agent) -> None:
     # path for a kubelet restart is on_stream_lost's probe; this watcher is the safety net
     # (kubelet started after us, a socket removed by hand).
     async for changes in awatch(
-        directory, debounce=200, step=100, recursive=False, ignore_permission_denied=True, watch_filter=None
+        directory, debounce=500, step=250, recursive=False, ignore_permission_denied=True, watch_filter=None
     ):
         # Deletions first: a kubelet restart removes our socket and re-creates its own at once.
         for change, path in sorted(changes, key=lambda c: c[0] != Change.deleted):
