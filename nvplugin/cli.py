@@ -68,7 +68,10 @@ def config_from_args(args: argparse.Namespace) -> LoadedConfig:
 TOOL_COMMANDS = {
     "check-config": ("nvplugin.commands.check_config", "validate an NVIDIA-compatible v1 config file"),
     "labels": ("nvplugin.commands.labels", "print the node labels this node would get (no cluster needed)"),
-    "inject-xid": ("nvplugin.commands.inject_xid", "inject an XID or fault into a running agent on fake GPUs"),
+    "inject-xid": (
+        "nvplugin.commands.inject_xid",
+        "inject an XID or fault into a running agent on fake GPUs",
+    ),
 }
 
 

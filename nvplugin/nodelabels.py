@@ -54,6 +54,9 @@ async def run_node_integration(agent: Agent, source: ConfigSource) -> None:
     if node.config_switcher is not None:
         node.config_switcher.initial()  # the CLI started with the same choice
     agent.node_events = node.publish_health_event
+    node.labels.on_write = agent.metrics.label_write
+    node.labels.on_api_error = lambda what: agent.metrics.api_error(what.replace(" ", "_"))
+    node.events.on_write = agent.metrics.event_write
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(node.run, name="node-integration")

@@ -83,6 +83,8 @@ class NodeEventPublisher:
         # event key -> (Event name, count, time first sent)
         self._sent: dict[tuple[str, int | None, str, bool], tuple[str, int, float]] = {}
         self.created = 0
+        # Metrics hook: an Event was created or updated.
+        self.on_write: Callable[[], None] | None = None
         self.aggregated = 0
         self.dropped = 0
         self.failed = 0
@@ -170,6 +172,8 @@ class NodeEventPublisher:
                 )
                 self._sent[event.key] = (name, count + 1, first)
                 self.aggregated += 1
+                if self.on_write is not None:
+                    self.on_write()
                 return
             except ApiError as exc:
                 if exc.status != 404:
@@ -179,6 +183,8 @@ class NodeEventPublisher:
         await api.create_event(self.namespace, self._body(name, event, now))
         self._sent[event.key] = (name, 1, now)
         self.created += 1
+        if self.on_write is not None:
+            self.on_write()
 
     def _body(self, name: str, event: HealthEvent, now: float) -> dict[str, Any]:
         involved: dict[str, Any] = {"kind": "Node", "apiVersion": "v1", "name": self.node_name}

@@ -106,6 +106,9 @@ class NodeLabelReconciler:
         self._actual_rv: int | None = None
         self._last_notified: dict[str, str] | None = None
         self.stats = ReconcilerStats()
+        # Metrics hooks: a successful patch of the Node; a failed API call (what failed).
+        self.on_write: Callable[[], None] | None = None
+        self.on_api_error: Callable[[str], None] | None = None
         self._last_logged_error: str | None = None
         if desired is not None:
             self.set_desired(desired)
@@ -165,6 +168,8 @@ class NodeLabelReconciler:
     def _log_error(self, what: str, exc: BaseException, delay: float) -> None:
         text = f"{what}: {exc}"
         self.stats.errors += 1
+        if self.on_api_error is not None:
+            self.on_api_error(what)
         self.stats.last_error = text
         level = logging.WARNING if text != self._last_logged_error else logging.DEBUG
         self._last_logged_error = text
@@ -284,6 +289,8 @@ class NodeLabelReconciler:
             try:
                 self.stats.patches += 1
                 node = await self.api.patch_node_labels(self.node_name, changes)
+                if self.on_write is not None:
+                    self.on_write()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
