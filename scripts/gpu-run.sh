@@ -28,9 +28,12 @@ step() { echo; echo "### $*"; "$@"; echo "(exit $?)"; }
 } >"$out/nvml-tests.txt" 2>&1
 
 {
+  # The bare grpclib + betterproto2 plugin first: the baseline, same machine, same run.
+  step python3 benchmarks/bench_agent.py --bare --starts 10 --calls 3000 --idle 20
   step python3 benchmarks/bench_agent.py --real --starts 10 --calls 3000 --restarts 100 --idle 30
   step python3 benchmarks/bench_agent.py --gpus 8 --starts 10 --calls 3000 --restarts 100 --idle 10
   step python3 benchmarks/soak_restarts.py --restarts 1000
+  step python3 benchmarks/bench_placement.py --real
 } >"$out/bench-core.txt" 2>&1
 
 # The further capabilities' steps (labels, topology, health soak) run separately, within the
