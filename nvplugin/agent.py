@@ -28,6 +28,7 @@ from nvplugin.core.resources import Resource, plan_resources
 from nvplugin.devicenodes import existing_control_nodes
 from nvplugin.nvml.base import LIBRARY_HINT, Nvml, NvmlError, NvmlLibraryNotFound
 from nvplugin.nvml.discovery import discover
+from nvplugin.nvml.early import EarlyStart
 from nvplugin.observability import NULL_METRICS, Metrics, track_devices
 from nvplugin.plugin.registration import register_with_retry
 from nvplugin.plugin.server import PluginServer
@@ -66,6 +67,7 @@ class Agent:
         *,
         config_loader: ConfigLoader | None = None,
         handle_signals: bool = True,
+        early: EarlyStart | None = None,
     ) -> None:
         self.config = config.with_changes(kubelet_socket=os.path.abspath(config.kubelet_socket))
         self.nvml = nvml
@@ -83,6 +85,8 @@ class Agent:
         # Health transitions go here too when node Events are on: (uuid, xid, reason, healthy).
         self.node_events: Callable[[str, int | None, str, bool], None] | None = None
         self._config_loader = config_loader
+        # NVML init and the first discovery, already running in a thread (cli starts it first).
+        self._early = early
         self._handle_signals = handle_signals
         self._extra_tasks: list[tuple[str, TaskFactory]] = []
         self._tg: TaskGroup | None = None
@@ -136,7 +140,7 @@ class Agent:
 
     async def _initialise(self) -> Inventory:
         try:
-            await anyio.to_thread.run_sync(self.nvml.init)
+            await anyio.to_thread.run_sync(self._early.initialised if self._early else self.nvml.init)
         except NvmlLibraryNotFound as exc:
             if self.config.fail_on_init_error:
                 raise AgentError(
@@ -158,8 +162,12 @@ class Agent:
         return await self._discover()
 
     async def _discover(self) -> Inventory:
+        early, self._early = self._early, None  # the early result serves the first discovery only
         try:
-            inventory = await anyio.to_thread.run_sync(discover, self.nvml)
+            if early is not None:
+                inventory = await anyio.to_thread.run_sync(early.inventory)
+            else:
+                inventory = await anyio.to_thread.run_sync(discover, self.nvml)
         except NvmlError as exc:
             if self.config.fail_on_init_error:
                 raise AgentError(f"GPU discovery failed: {exc}") from None

@@ -141,16 +141,20 @@ def _run_async(fn: Callable[[], object]) -> object:
 
 
 def _cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from nvplugin.agent import Agent, AgentError
     from nvplugin.configload import ConfigSource
     from nvplugin.nvml import open_backend
+    from nvplugin.nvml.early import EarlyStart
 
     # Reloads (SIGHUP, node-label config switch) re-read the environment and the config file;
     # the flags stay as given.
     source = ConfigSource(flags_from_args(args))
     if config.config_dir is not None:
         config = _initial_node_config(source, config)
-    agent = Agent(config, open_backend(config), config_loader=source.load)
+    # NVML starts now, in a thread, while the agent's modules are imported below.
+    early = EarlyStart(open_backend(config))
+    from nvplugin.agent import Agent, AgentError
+
+    agent = Agent(config, early.nvml, config_loader=source.load, early=early)
     attach_health(agent, args)
     if config.labels:
         from nvplugin.nodelabels import run_node_integration

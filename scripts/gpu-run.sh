@@ -34,6 +34,7 @@ step() { echo; echo "### $*"; "$@"; echo "(exit $?)"; }
   step python3 benchmarks/bench_agent.py --gpus 8 --starts 10 --calls 3000 --restarts 100 --idle 10
   step python3 benchmarks/soak_restarts.py --restarts 1000
   step python3 benchmarks/bench_placement.py --real
+  step python3 benchmarks/nvml_memory.py
 } >"$out/bench-core.txt" 2>&1
 
 # The further capabilities' steps (labels, topology, health soak) run separately, within the
