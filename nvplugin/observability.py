@@ -189,13 +189,13 @@ class NullMetrics(Metrics):
     """Same methods, records nothing: for when metrics are switched off."""
 
     def _count(self, name: str, labels: tuple[str, ...]) -> None:
-        pass
+        return  # metrics are off: the null object records nothing, by design
 
     def _observe(self, name: str, labels: tuple[str, ...], seconds: float) -> None:
-        pass
+        return  # metrics are off
 
     def devices(self, resource: str, healthy: int, unhealthy: int) -> None:
-        pass
+        return  # metrics are off
 
 
 NULL_METRICS = NullMetrics()

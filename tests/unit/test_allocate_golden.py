@@ -27,6 +27,7 @@ from nvplugin.core.allocation import (
     container_allocation,
 )
 from nvplugin.core.resources import GPU_RESOURCE, build_resources
+from nvplugin.plugin.server import to_proto_allocation
 from tests.unit.mig_layouts import config, inventory, sharing
 
 GPU0 = "GPU-3a6fb882-2a7b-4f06-b687-cb5077d1bd5c"
@@ -40,22 +41,8 @@ ROOT = "/var/run/nvidia-container-devices"
 
 
 def to_message(allocation: ContainerAllocation) -> v1beta1.ContainerAllocateResponse:
-    """What the server sends (the same mapping the plugin server makes)."""
-    return v1beta1.ContainerAllocateResponse(
-        envs=dict(allocation.envs),
-        mounts=[
-            v1beta1.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
-            for m in allocation.mounts
-        ],
-        devices=[
-            v1beta1.DeviceSpec(
-                container_path=d.container_path, host_path=d.host_path, permissions=d.permissions
-            )
-            for d in allocation.devices
-        ],
-        annotations=dict(allocation.annotations),
-        cdi_devices=[v1beta1.CdiDevice(name=n) for n in allocation.cdi_devices],
-    )
+    """What the server sends: the plugin server's own mapping."""
+    return to_proto_allocation(allocation)
 
 
 def as_fields(allocation: ContainerAllocation) -> dict[str, object]:
