@@ -64,7 +64,7 @@ class NodeState:
         if uuid in self._unhealthy:
             return False
         self._unhealthy[uuid] = reason
-        log.warning("device %s marked Unhealthy: %s", uuid, reason)
+        log.debug("device %s marked Unhealthy: %s", uuid, reason)
         self._bump()
         return True
 
@@ -72,7 +72,7 @@ class NodeState:
         reason = self._unhealthy.pop(uuid, None)
         if reason is None:
             return False
-        log.warning("device %s Healthy again (was: %s)", uuid, reason)
+        log.debug("device %s Healthy again (was: %s)", uuid, reason)
         self._bump()
         return True
 
