@@ -156,3 +156,10 @@ def test_sysfs_bus_id_conversion() -> None:
 
     assert _sysfs_bus_id("00000000:00:06.0") == "0000:00:06.0"
     assert _sysfs_bus_id("00000001:AB:00.0") == "0001:ab:00.0"
+
+
+def test_shipped_layouts_by_name() -> None:
+    layout = load_layout("hgx-h100-nvswitch")
+    assert len(layout.gpus) == 8
+    with pytest.raises(LayoutError, match=r"one of .*hgx-h100-nvswitch"):
+        load_layout("hgx-h200-imaginary")

@@ -425,10 +425,21 @@ def _parse_faults(where: str, data: object, count: int) -> tuple[str | None, dic
 
 
 def load_layout(spec: str) -> FakeLayout:
-    """`spec` is a GPU count ("8") or the path of a YAML/JSON layout file."""
+    """`spec` is a GPU count ("8"), the path of a YAML/JSON layout file, or the name of a layout
+    shipped in nvplugin/testing/layouts (e.g. "hgx-h100-nvswitch")."""
     if spec.isdigit():
         return FakeLayout.of(int(spec))
     path = Path(spec)
+    if not path.exists() and "/" not in spec:
+        from nvplugin.testing.layouts import LAYOUTS
+
+        shipped = LAYOUTS.get(spec.removesuffix(".yaml"))
+        if shipped is None:
+            raise LayoutError(
+                f"{spec}: no such layout file, and no shipped layout of that name; "
+                f"expected a GPU count, a file, or one of {', '.join(LAYOUTS)}"
+            )
+        path = shipped
     try:
         text = path.read_text()
     except OSError as exc:
