@@ -12,12 +12,13 @@ Blocking NVML calls run in worker threads; nothing on the loop waits on the driv
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -96,6 +97,9 @@ class Agent:
         self._registered_kubelet_inode: tuple[int, int] | None = None
         self._own_sockets: set[str] = set()
         self._probing = False
+        self._reload_lock: anyio.Lock | None = None  # made on first use (it needs a running loop)
+        # Set when the agent stops: ends the directory watcher's thread within one step.
+        self._watch_stop: anyio.Event | None = None
         # Set once the first generation has registered or begun waiting for the kubelet: the
         # watcher's imports and thread wait for it, off the start -> Register path.
         self._first_attempt: anyio.Event | None = None
@@ -193,6 +197,17 @@ class Agent:
         """Run until cancelled or stopped. Raises AgentError when it cannot start."""
         self.started = self.started or anyio.Event()
         self._first_attempt = anyio.Event()
+        self._watch_stop = anyio.Event()
+        # Signals first: a SIGTERM or SIGHUP during NVML start-up must not kill the process.
+        signals: contextlib.AbstractContextManager[Any] = (
+            anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            if self._handle_signals
+            else contextlib.nullcontext()
+        )
+        with signals as receiver:
+            await self._run(receiver)
+
+    async def _run(self, receiver: AsyncIterator[int] | None) -> None:
         self._registered_once = self._registered_once or anyio.Event()
         inventory = await self._initialise()
         try:
@@ -204,8 +219,9 @@ class Agent:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                if self._handle_signals:
-                    tg.start_soon(self._signals, name="signals")
+                if receiver is not None:
+                    tg.start_soon(self._signals, receiver, name="signals")
+                tg.start_soon(self._watch_stopper, name="watch-stopper")
                 tg.start_soon(self._supervise, "kubelet-watcher", _watch_kubelet_dir, name="kubelet-watcher")
                 tg.start_soon(self._supervise, "kubelet-side", _serve_kubelet, name="kubelet-side")
                 tg.start_soon(self._supervise, "device-metrics", _track_devices, name="device-metrics")
@@ -213,6 +229,7 @@ class Agent:
                     tg.start_soon(self._supervise, "metrics-server", _serve_metrics, name="metrics-server")
                 for name, factory in self._extra_tasks:
                     tg.start_soon(self._supervise, name, factory, name=name)
+                assert self.started is not None
                 self.started.set()
         finally:
             self._tg = None
@@ -243,29 +260,47 @@ class Agent:
             await anyio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    async def _signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    log.info("SIGHUP: reloading")
-                    await self.reload()
-                else:
-                    log.info("%s: shutting down", signal.Signals(signum).name)
-                    self.stop()
-                    return
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                # In its own task: a slow rediscovery must not hold back a SIGTERM behind it.
+                self.schedule_reload("SIGHUP")
+            else:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                self.stop()
+                return
 
     async def reload(self) -> bool:
-        """Re-read the config and rediscover; swap only if both succeed, else keep serving as is."""
+        """Re-read the config and rediscover; swap only if both succeed, else keep serving as is.
+        Reloads run one at a time, so the last one asked for is the one that stays."""
+        if self._reload_lock is None:
+            self._reload_lock = anyio.Lock()
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _watch_stopper(self) -> None:
+        """Sets the watcher's stop event when the agent's TaskGroup is cancelled: watchfiles'
+        thread only looks at that event, so without it shutdown waits out its 5 s timeout."""
+        try:
+            await anyio.sleep_forever()
+        finally:
+            if self._watch_stop is not None:
+                self._watch_stop.set()
+
+    async def _reload(self) -> bool:
         config = self.config
         if self._config_loader is not None:
-            try:
-                config = self._config_loader()
+            try:  # reads and parses a file: off the loop
+                config = await anyio.to_thread.run_sync(self._config_loader)
             except Exception as exc:  # a bad file on reload must never stop the agent
                 log.error("reload: keeping the running configuration: %s", exc)
                 return False
+            config = config.with_changes(kubelet_socket=os.path.abspath(config.kubelet_socket))
         try:
             inventory = (
-                await anyio.to_thread.run_sync(discover, self.nvml) if self.nvml_ready else EMPTY_INVENTORY
+                await anyio.to_thread.run_sync(discover, self.nvml, abandon_on_cancel=True)
+                if self.nvml_ready
+                else EMPTY_INVENTORY
             )
             resources = self._plan(inventory, config)
         except Exception as exc:
@@ -369,6 +404,9 @@ async def _serve_kubelet(agent: Agent) -> None:
         finally:
             agent._own_sockets = set()
             agent.registered = {}
+            # The next generation registers against whatever kubelet.sock is then: a re-created
+            # socket seen while it waits must not restart it again.
+            agent._registered_kubelet_inode = None
             with anyio.CancelScope(shield=True):
                 async with anyio.create_task_group() as stopping:
                     for server in servers:
@@ -427,7 +465,12 @@ async def _serve_metrics(agent: Agent) -> None:
         address, agent.metrics, liveness=lambda: _liveness(agent), readiness=lambda: _readiness(agent)
     )
     agent.metrics_server = server
-    await server.serve()
+    try:
+        await server.serve()
+    except OSError as exc:
+        # A taken or bad port: say so once, keep serving the kubelet, try again now and then.
+        log.error("%s; metrics and probes are unavailable, retrying in 60 s", exc)
+        await anyio.sleep(60)
 
 
 async def _watch_kubelet_dir(agent: Agent) -> None:
@@ -439,15 +482,26 @@ async def _watch_kubelet_dir(agent: Agent) -> None:
 
     directory = agent.config.plugin_dir
     os.makedirs(directory, exist_ok=True)
+    # Anything removed before the watch began is caught here.
+    for path in list(agent._own_sockets):
+        if not os.path.exists(path):
+            agent.on_directory_change(False, path)
     # watchfiles' Rust thread wakes every `step` ms even when idle, so keep it coarse: the fast
     # path for a kubelet restart is on_stream_lost's probe; this watcher is the safety net
     # (kubelet started after us, a socket removed by hand).
     async for changes in awatch(
-        directory, debounce=500, step=250, recursive=False, ignore_permission_denied=True, watch_filter=None
+        directory,
+        debounce=500,
+        step=250,
+        recursive=False,
+        ignore_permission_denied=True,
+        watch_filter=None,
+        stop_event=agent._watch_stop,
     ):
         # Deletions first: a kubelet restart removes our socket and re-creates its own at once.
         for change, path in sorted(changes, key=lambda c: c[0] != Change.deleted):
             agent.on_directory_change(change == Change.added, os.path.abspath(path))
+    await anyio.sleep_forever()  # the stop event ended the watch: the agent is stopping
 
 
 def _quiet_shutdown(nvml: Nvml) -> None:

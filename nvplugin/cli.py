@@ -249,6 +249,7 @@ def _simulate_config(args: argparse.Namespace, config: Config) -> Config:
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
+    from nvplugin.fakecontrol import ControlError
     from nvplugin.nvml.fake import LayoutError
 
-    return (LayoutError, ConfigError)
+    return (LayoutError, ConfigError, ControlError)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
 from nvplugin.core.inventory import Gpu
@@ -230,7 +231,11 @@ class HealthWatcher:
 
     # --- supervision
 
-    async def run(self) -> None:
+    async def run(self, nvml_ready: Callable[[], bool] = lambda: True) -> None:
+        if not nvml_ready():
+            log.warning("no NVML: XID health checks are off")
+            self.ready.set()
+            await anyio.sleep_forever()
         if not self._policy.watching:
             log.info("%s", self._policy.describe())
             self.ready.set()
@@ -338,6 +343,7 @@ class HealthWatcher:
                 await anyio.to_thread.run_sync(self._pump, handle, stop, send, abandon_on_cancel=True)
             finally:
                 stop.set()  # an abandoned pump leaves within one wait timeout
+                send.close()  # ends the loop below: a pump that stopped must not go unnoticed
 
         async with anyio.create_task_group() as tg, receive:
             tg.start_soon(pump)
@@ -348,6 +354,9 @@ class HealthWatcher:
                     await self._probe_gpus([g.index for g in self._state.inventory.gpus], f"after {item}")
                 else:
                     await self._on_event(item)
+        await anyio.lowlevel.checkpoint()  # if we are being cancelled, that ends us here
+        # Not cancelled, yet the pump is gone (its queue overflowed): let the supervisor restart us.
+        raise RuntimeError("the NVML event pump stopped")
 
     def _pump(
         self,
@@ -551,7 +560,7 @@ def attach_to_agent(
     from nvplugin.nvml.fake import FakeNvml
 
     watcher = HealthWatcher(agent.nvml, agent.state, policy, on_transition)
-    agent.add_task("health", lambda _agent: watcher.run())
+    agent.add_task("health", lambda a: watcher.run(lambda: a.nvml_ready))
     if isinstance(agent.nvml, FakeNvml):
         fake, path = agent.nvml, fake_control or default_control_path()
         if os.path.realpath(os.path.dirname(path) or ".") == os.path.realpath(agent.config.plugin_dir):

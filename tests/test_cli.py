@@ -103,6 +103,7 @@ async def test_missing_nvml_without_fail_on_init_error_serves_zero_devices(
             _, err = await anyio.to_thread.run_sync(proc.communicate)
     assert proc.returncode == 0
     assert "running with zero devices" in err
+    assert "no NVML: XID health checks are off" in err and "crashed" not in err
 
 
 @pytest.mark.anyio
@@ -116,6 +117,7 @@ async def test_signal_stops_within_a_second_and_removes_sockets(plugin_dir: Path
         except BaseException:
             proc.kill()
             raise
+        await anyio.sleep(1.5)  # past start-up: the directory watcher's thread is in its wait
         started = time.monotonic()
         proc.send_signal(signum)
         await anyio.to_thread.run_sync(proc.wait)

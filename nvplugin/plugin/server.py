@@ -262,8 +262,14 @@ class PluginServer:
         self._server: _TrackingServer | None = None
 
     async def start(self) -> None:
-        self._server = _TrackingServer([self.servicer])
-        await self._server.start(path=self.socket_path)
+        if len(os.fsencode(self.socket_path)) > 107:  # sun_path holds 108 bytes with its NUL
+            raise OSError(
+                f"socket path {self.socket_path!r} is longer than a unix socket allows (107 bytes): "
+                "use a shorter --kubelet-socket directory"
+            )
+        server = _TrackingServer([self.servicer])
+        await server.start(path=self.socket_path)
+        self._server = server  # only a started server is stopped later
         log.debug("serving %s on %s", self.resource_name, self.socket_path)
 
     async def stop(self, grace: float = 0.5) -> None:
