@@ -219,9 +219,14 @@ class NodeLabelReconciler:
                 api = await self._api()
                 if self._resume_rv is None:
                     self._resume_rv = await self._relist(api)
+                began = time.monotonic()
                 await self._watch_once(api)
-                attempt = 0
-                continue  # the server ended the watch: resume from the last version seen
+                if time.monotonic() - began >= 1.0:
+                    attempt = 0
+                    continue  # the server ended the watch: resume from the last version seen
+                # A watch that ends at once (a proxy, a broken server) must not become a hot loop.
+                delay = self._backoff.delay(attempt, self._rng)
+                log.debug("node %s: watch ended at once; re-watching in %.1f s", self.node_name, delay)
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:
