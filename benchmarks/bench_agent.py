@@ -29,6 +29,8 @@ import anyio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from timing import time_calls  # noqa: E402  (benchmarks/, this script's directory)
+
 from nvplugin.api import v1beta1 as api  # noqa: E402
 from nvplugin.testing.kubelet import KubeletSimulator  # noqa: E402
 
@@ -115,14 +117,7 @@ def grpcio_allocate_latencies(socket_path: str, device_ids: list[str], calls: in
             request_serializer=lambda b: b,
             response_deserializer=api.AllocateResponse().parse,
         )
-        for _ in range(200):  # warm-up
-            allocate(request, timeout=5)
-        latencies = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            allocate(request, timeout=5)
-            latencies.append((time.perf_counter() - t0) * 1000)
-    return latencies
+        return time_calls(allocate, request, calls=calls, warmup=200, timeout=5)
 
 
 async def bench_allocate(args: argparse.Namespace, directory: Path, uvloop: bool) -> list[float]:

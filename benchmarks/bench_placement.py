@@ -36,6 +36,8 @@ import anyio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from timing import time_calls  # noqa: E402  (benchmarks/, this script's directory)
+
 from nvplugin.api import v1beta1 as api  # noqa: E402
 from nvplugin.core.config import Config  # noqa: E402
 from nvplugin.core.placement import preferred_allocation  # noqa: E402
@@ -167,24 +169,9 @@ def grpcio_preferred_latencies(socket_path: str, ids: list[str], calls: int) -> 
             response_deserializer=api.DevicePluginOptions().parse,
         )
         empty = bytes(api.Empty())
-        for _ in range(20):
-            options(empty, timeout=5)
-        floor = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            options(empty, timeout=5)
-            floor.append((time.perf_counter() - t0) * 1000)
-        out[-1] = floor
+        out[-1] = time_calls(options, empty, calls=calls, timeout=5)
         for size in range(1, len(ids) + 1):
-            message = request(size)
-            for _ in range(20):  # warm-up
-                preferred(message, timeout=5)
-            latencies = []
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                preferred(message, timeout=5)
-                latencies.append((time.perf_counter() - t0) * 1000)
-            out[size] = latencies
+            out[size] = time_calls(preferred, request(size), calls=calls, timeout=5)
     return out
 
 
