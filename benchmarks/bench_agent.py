@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from timing import time_calls  # noqa: E402  (benchmarks/, this script's directory)
 
 from nvplugin.api import v1beta1 as api  # noqa: E402
-from nvplugin.testing.kubelet import KubeletSimulator  # noqa: E402
+from nvplugin.simulate.kubelet import KubeletSimulator  # noqa: E402
 
 RESOURCE = "nvidia.com/gpu"
 

@@ -31,11 +31,11 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nvplugin import fakecontrol
 from nvplugin.core.config import Config
 from nvplugin.core.resources import UNHEALTHY, build_resources, device_health
 from nvplugin.core.xid import DEFAULT_POLICY, RecoveryPolicy
 from nvplugin.health import HealthWatcher
+from nvplugin.nvml import fakecontrol
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.fake import FakeLayout, FakeNvml
 from nvplugin.state import NodeState
@@ -126,7 +126,7 @@ async def latency_e2e(events: int, gpus: int, via_socket: bool) -> list[float]:
 
     from nvplugin.agent import Agent
     from nvplugin.core.resources import GPU_RESOURCE
-    from nvplugin.testing.kubelet import KubeletSimulator
+    from nvplugin.simulate.kubelet import KubeletSimulator
 
     plugin_dir = Path(tempfile.mkdtemp(prefix="nvp-bench-", dir="/tmp"))
     control = str(plugin_dir) + "-fake.sock"
@@ -195,7 +195,7 @@ async def idle_e2e(seconds: float, gpus: int, with_watcher: bool = True) -> tupl
 
     from nvplugin.agent import Agent
     from nvplugin.core.resources import GPU_RESOURCE
-    from nvplugin.testing.kubelet import KubeletSimulator
+    from nvplugin.simulate.kubelet import KubeletSimulator
 
     plugin_dir = Path(tempfile.mkdtemp(prefix="nvp-bench-", dir="/tmp"))
     fake = FakeNvml(FakeLayout.of(gpus))

@@ -45,9 +45,9 @@ from nvplugin.core.resources import build_resources  # noqa: E402
 from nvplugin.nvml.base import NvmlError  # noqa: E402
 from nvplugin.nvml.discovery import discover  # noqa: E402
 from nvplugin.nvml.fake import FakeNvml, load_layout  # noqa: E402
+from nvplugin.nvml.layouts import LAYOUTS, TOPOLOGY_LAYOUTS, layout_path  # noqa: E402
 from nvplugin.nvml.topology import read_topology  # noqa: E402
-from nvplugin.testing.kubelet import KubeletSimulator  # noqa: E402
-from nvplugin.testing.layouts import LAYOUTS, TOPOLOGY_LAYOUTS, layout_path  # noqa: E402
+from nvplugin.simulate.kubelet import KubeletSimulator  # noqa: E402
 
 RESOURCE = "nvidia.com/gpu"
 DEFAULT_LAYOUTS = TOPOLOGY_LAYOUTS

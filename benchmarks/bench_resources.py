@@ -30,7 +30,7 @@ from nvplugin.core.wire import encode_list_and_watch
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.fake import FakeNvml, load_layout
 
-LAYOUT = Path(nvplugin.__file__).parent / "testing" / "layouts" / "mig-single-8gpu.yaml"
+LAYOUT = Path(nvplugin.__file__).parent / "nvml" / "layouts" / "mig-single-8gpu.yaml"
 REPLICAS = 16
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from nvplugin.agent import Agent  # noqa: E402
 from nvplugin.core.config import Config  # noqa: E402
 from nvplugin.nvml.fake import FakeLayout, FakeNvml  # noqa: E402
-from nvplugin.testing.kubelet import KubeletSimulator  # noqa: E402
+from nvplugin.simulate.kubelet import KubeletSimulator  # noqa: E402
 
 RESOURCE = "nvidia.com/gpu"
 

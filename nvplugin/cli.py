@@ -202,7 +202,7 @@ def _initial_node_config(source: Any, config: Config) -> Config:
 
 
 def _cmd_simulate(args: argparse.Namespace, config: Config) -> int:
-    from nvplugin.simulate import run_simulation
+    from nvplugin.simulate.story import run_simulation
 
     return run_simulation(args, config, _run_async, prepare=lambda agent: attach_health(agent, args))
 
@@ -249,7 +249,7 @@ def _simulate_config(args: argparse.Namespace, config: Config) -> Config:
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
-    from nvplugin.fakecontrol import ControlError
     from nvplugin.nvml.fake import LayoutError
+    from nvplugin.nvml.fakecontrol import ControlError
 
     return (LayoutError, ConfigError, ControlError)

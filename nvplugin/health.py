@@ -556,8 +556,8 @@ def attach_to_agent(
     the fake backend, the fault-injection socket at `fake_control` (default path when None; never
     inside the kubelet's plugin directory). One watcher for the agent's life: its faults (and
     their recovery) survive kubelet restarts and reloads."""
-    from nvplugin.fakecontrol import ControlError, default_control_path, serve_fake_control
     from nvplugin.nvml.fake import FakeNvml
+    from nvplugin.nvml.fakecontrol import ControlError, default_control_path, serve_fake_control
 
     watcher = HealthWatcher(agent.nvml, agent.state, policy, on_transition)
     agent.add_task("health", lambda a: watcher.run(lambda: a.nvml_ready))

@@ -13,7 +13,7 @@ from nvplugin.agent import Agent
 from nvplugin.core.config import Config
 from nvplugin.nvml.base import Nvml
 from nvplugin.nvml.fake import FakeLayout, FakeNvml
-from nvplugin.testing.kubelet import KubeletSimulator
+from nvplugin.simulate.kubelet import KubeletSimulator
 
 
 @pytest.fixture

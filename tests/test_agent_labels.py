@@ -13,8 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
+from nvplugin.simulate.kubelet import KubeletSimulator
 from nvplugin.testing.apiserver import FakeApiServer
-from nvplugin.testing.kubelet import KubeletSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = "gpu-node-7"

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from nvplugin.core.resources import GPU_RESOURCE
-from nvplugin.testing.kubelet import KubeletSimulator
+from nvplugin.simulate.kubelet import KubeletSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from nvplugin import fakecontrol
 from nvplugin.commands import inject_xid
 from nvplugin.core.config import Config
 from nvplugin.core.resources import build_resources
 from nvplugin.health import HealthWatcher
+from nvplugin.nvml import fakecontrol
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.fake import FakeLayout, FakeNvml
 from nvplugin.state import NodeState

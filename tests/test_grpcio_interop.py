@@ -17,7 +17,7 @@ import pytest
 from nvplugin.api import v1beta1 as api
 from nvplugin.core.config import Config
 from nvplugin.core.resources import GPU_RESOURCE
-from nvplugin.testing.kubelet import KubeletSimulator
+from nvplugin.simulate.kubelet import KubeletSimulator
 from tests.conftest import fake_nvml, running_agent
 
 pytestmark = pytest.mark.anyio

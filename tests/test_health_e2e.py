@@ -18,10 +18,10 @@ from nvplugin.commands import inject_xid
 from nvplugin.core.config import Config
 from nvplugin.core.resources import GPU_RESOURCE
 from nvplugin.core.xid import DEFAULT_POLICY, RecoveryPolicy
-from nvplugin.fakecontrol import ControlError
 from nvplugin.health import attach_to_agent
 from nvplugin.nvml.fake import FakeNvml, load_layout
-from nvplugin.testing.kubelet import KubeletSimulator
+from nvplugin.nvml.fakecontrol import ControlError
+from nvplugin.simulate.kubelet import KubeletSimulator
 from tests.conftest import fake_nvml
 
 pytestmark = pytest.mark.anyio
@@ -139,7 +139,7 @@ def test_attach_refuses_a_control_socket_in_the_plugin_dir(config: Config) -> No
 async def test_mig_event_reaches_only_its_mig_device(
     kubelet: KubeletSimulator, config: Config, control: str
 ) -> None:
-    layout = Path(__file__).resolve().parents[1] / "nvplugin/testing/layouts/mig-mixed-2gpu.yaml"
+    layout = Path(__file__).resolve().parents[1] / "nvplugin/nvml/layouts/mig-mixed-2gpu.yaml"
     nvml = FakeNvml(load_layout(str(layout)))
     async with agent_with_health(config.with_changes(mig_strategy="mixed"), nvml, control):
         await kubelet.wait_registered("nvidia.com/mig-1g.10gb")

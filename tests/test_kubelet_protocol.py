@@ -15,7 +15,7 @@ from nvplugin.api import v1beta1 as api
 from nvplugin.core.config import Config
 from nvplugin.core.resources import GPU_RESOURCE
 from nvplugin.plugin.server import PLUGIN_OPTIONS
-from nvplugin.testing.kubelet import KubeletSimulator, is_extended_resource_name
+from nvplugin.simulate.kubelet import KubeletSimulator, is_extended_resource_name
 from tests.conftest import fake_nvml, running_agent
 
 pytestmark = pytest.mark.anyio

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nvplugin.core.address import ListenAddress
 from nvplugin.core.config import Config
-from nvplugin.testing.kubelet import KubeletSimulator
+from nvplugin.simulate.kubelet import KubeletSimulator
 from tests.conftest import running_agent
 
 GPU = "nvidia.com/gpu"

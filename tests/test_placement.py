@@ -16,7 +16,7 @@ from nvplugin.core.resources import AdvertisedDevice, Resource, build_resources
 from nvplugin.core.topology import PcieLevel, Topology
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.fake import FakeNvml, load_layout
-from nvplugin.testing.layouts import TOPOLOGY_LAYOUTS, layout_path
+from nvplugin.nvml.layouts import TOPOLOGY_LAYOUTS, layout_path
 
 
 @cache

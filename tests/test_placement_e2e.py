@@ -9,8 +9,8 @@ import pytest
 from nvplugin.core.config import Config
 from nvplugin.core.resources import GPU_RESOURCE
 from nvplugin.nvml.fake import FakeNvml, load_layout
-from nvplugin.testing.kubelet import KubeletSimulator
-from nvplugin.testing.layouts import layout_path
+from nvplugin.nvml.layouts import layout_path
+from nvplugin.simulate.kubelet import KubeletSimulator
 from tests.conftest import running_agent
 
 pytestmark = pytest.mark.anyio

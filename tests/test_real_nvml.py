@@ -14,7 +14,7 @@ from nvplugin.core.config import Config
 from nvplugin.core.resources import GPU_RESOURCE
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.real import RealNvml
-from nvplugin.testing.kubelet import KubeletSimulator
+from nvplugin.simulate.kubelet import KubeletSimulator
 from tests.conftest import running_agent
 
 

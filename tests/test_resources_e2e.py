@@ -15,11 +15,11 @@ from grpclib.const import Status
 
 from nvplugin.core.config import Config
 from nvplugin.nvml.fake import FakeNvml, load_layout
-from nvplugin.testing.kubelet import KubeletSimulator
+from nvplugin.simulate.kubelet import KubeletSimulator
 from tests.conftest import running_agent
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYOUTS = ROOT / "nvplugin" / "testing" / "layouts"
+LAYOUTS = ROOT / "nvplugin" / "nvml" / "layouts"
 
 pytestmark = pytest.mark.anyio
 

@@ -16,8 +16,8 @@ from nvplugin.nvml.base import (
 )
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.fake import FakeLayout, FakeNvml, LayoutError, load_layout, parse_layout
+from nvplugin.nvml.layouts import LAYOUTS, TOPOLOGY_LAYOUTS, layout_path
 from nvplugin.nvml.topology import read_topology, with_topology
-from nvplugin.testing.layouts import LAYOUTS, TOPOLOGY_LAYOUTS, layout_path
 
 
 def started(layout: FakeLayout) -> FakeNvml:

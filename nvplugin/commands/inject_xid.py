@@ -8,7 +8,7 @@
     nvplugin inject-xid --clear | --status
 
 The agent must run with `nvplugin run --fake-gpus ...`; --control names its socket (default
-as in nvplugin.fakecontrol.default_control_path).
+as in nvplugin.nvml.fakecontrol.default_control_path).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Any
 
-from nvplugin import fakecontrol
+from nvplugin.nvml import fakecontrol
 from nvplugin.nvml.fake import ERROR_KINDS
 
 

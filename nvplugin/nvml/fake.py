@@ -27,7 +27,7 @@ A layout is a dict (from YAML or JSON):
 Error kinds: not-supported, gpu-lost, timeout, unknown.
 
 An optional `topology` section describes how the GPUs are wired (see docs/topology.md;
-nvplugin/testing/layouts/ has complete examples):
+nvplugin/nvml/layouts/ has complete examples):
 
     topology:
       nvlink:                         # direct NVLinks, "i-j": count
@@ -426,12 +426,12 @@ def _parse_faults(where: str, data: object, count: int) -> tuple[str | None, dic
 
 def load_layout(spec: str) -> FakeLayout:
     """`spec` is a GPU count ("8"), the path of a YAML/JSON layout file, or the name of a layout
-    shipped in nvplugin/testing/layouts (e.g. "hgx-h100-nvswitch")."""
+    shipped in nvplugin/nvml/layouts (e.g. "hgx-h100-nvswitch")."""
     if spec.isdigit():
         return FakeLayout.of(int(spec))
     path = Path(spec)
     if not path.exists() and "/" not in spec:
-        from nvplugin.testing.layouts import LAYOUTS
+        from nvplugin.nvml.layouts import LAYOUTS
 
         shipped = LAYOUTS.get(spec.removesuffix(".yaml"))
         if shipped is None:

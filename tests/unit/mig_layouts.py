@@ -10,7 +10,7 @@ from nvplugin.core.inventory import Inventory
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.fake import FakeNvml, load_layout
 
-LAYOUTS = Path(nvplugin.__file__).parent / "testing" / "layouts"
+LAYOUTS = Path(nvplugin.__file__).parent / "nvml" / "layouts"
 
 
 def inventory(name: str) -> Inventory:

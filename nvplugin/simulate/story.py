@@ -20,7 +20,7 @@ import anyio
 from nvplugin.agent import Agent, AgentError
 from nvplugin.core.config import Config
 from nvplugin.nvml import open_backend
-from nvplugin.testing.kubelet import KubeletSimulator, PluginView
+from nvplugin.simulate.kubelet import KubeletSimulator, PluginView
 
 
 def say(text: str = "") -> None:
