@@ -383,11 +383,16 @@ async def _serve_kubelet(agent: Agent) -> None:
         await agent._wait_for_kubelet_socket()
         agent.generation += 1
         servers = [
-            PluginServer(r, agent.state, agent.config, agent.control_nodes) for r in agent.state.resources
+            PluginServer(
+                r,
+                agent.state,
+                agent.config,
+                agent.control_nodes,
+                metrics=agent.metrics,
+                on_stream_lost=agent.on_stream_lost,
+            )
+            for r in agent.state.resources
         ]
-        for server in servers:
-            server.servicer.on_stream_lost = agent.on_stream_lost
-            server.servicer.on_allocate = agent.metrics.allocation
         agent.servers = servers
         agent.registered = {s.resource_name: False for s in servers}
         try:

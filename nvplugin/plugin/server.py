@@ -32,6 +32,7 @@ from nvplugin.core.config import Config
 from nvplugin.core.placement import preferred_allocation as topology_preferred_allocation
 from nvplugin.core.resources import Resource
 from nvplugin.core.wire import encode_list_and_watch
+from nvplugin.observability import NULL_METRICS, Metrics
 from nvplugin.state import NodeState
 
 log = logging.getLogger(__name__)
@@ -90,18 +91,21 @@ class DevicePluginServicer(api.DevicePluginBase):
         state: NodeState,
         config: Config,
         existing_control_nodes: frozenset[str] | None = None,
+        *,
+        metrics: Metrics = NULL_METRICS,
+        on_stream_lost: Callable[[], None] | None = None,
     ) -> None:
         self.resource_name = resource_name
         self._state = state
         self._config = config
         self._control_nodes = existing_control_nodes
+        self._metrics = metrics
+        # Called when a stream ends while we still serve: the kubelet went away (restarting?).
+        self._on_stream_lost = on_stream_lost
         self._stopping = False
         self._open_streams = 0
         # (state version, message): every stream of this resource shares one built list.
         self._list_cache: tuple[int, EncodedDeviceList] | None = None
-        self.on_allocate: Callable[[str, float, bool], None] | None = None
-        # Called when a stream ends while we still serve: the kubelet went away (restarting?).
-        self.on_stream_lost: Callable[[], None] | None = None
 
     # --- helpers
 
@@ -150,15 +154,16 @@ class DevicePluginServicer(api.DevicePluginBase):
                 await self._state.wait_changed(seen)
         finally:
             self._open_streams -= 1
-            if not self._stopping and self.on_stream_lost is not None:
-                self.on_stream_lost()
+            if not self._stopping and self._on_stream_lost is not None:
+                self._on_stream_lost()
 
     async def get_preferred_allocation(
         self, message: api.PreferredAllocationRequest
     ) -> api.PreferredAllocationResponse:
         # A hint only, and an error fails pod admission: always answer.
+        started = anyio.current_time()
         resource = self._resource()
-        return api.PreferredAllocationResponse(
+        response = api.PreferredAllocationResponse(
             container_responses=[
                 api.ContainerPreferredAllocationResponse(
                     device_i_ds=self._preferred(
@@ -171,6 +176,8 @@ class DevicePluginServicer(api.DevicePluginBase):
                 for request in message.container_requests
             ]
         )
+        self._metrics.preferred_allocation(self.resource_name, anyio.current_time() - started, True)
+        return response
 
     def _preferred(self, resource: Resource, available: list[str], must: list[str], size: int) -> list[str]:
         """From the topology read at discovery, never from NVML. Never raises: the answer is a
@@ -216,8 +223,7 @@ class DevicePluginServicer(api.DevicePluginBase):
         return api.AllocateResponse(container_responses=responses)
 
     def _observe_allocate(self, started: float, ok: bool) -> None:
-        if self.on_allocate is not None:
-            self.on_allocate(self.resource_name, anyio.current_time() - started, ok)
+        self._metrics.allocation(self.resource_name, anyio.current_time() - started, ok)
 
     async def pre_start_container(
         self, message: api.PreStartContainerRequest
@@ -254,11 +260,21 @@ class PluginServer:
         state: NodeState,
         config: Config,
         existing_control_nodes: frozenset[str] | None = None,
+        *,
+        metrics: Metrics = NULL_METRICS,
+        on_stream_lost: Callable[[], None] | None = None,
     ) -> None:
         self.resource_name = resource.name
         self.socket_name = fresh_socket_name(resource)
         self.socket_path = os.path.join(config.plugin_dir, self.socket_name)
-        self.servicer = DevicePluginServicer(resource.name, state, config, existing_control_nodes)
+        self.servicer = DevicePluginServicer(
+            resource.name,
+            state,
+            config,
+            existing_control_nodes,
+            metrics=metrics,
+            on_stream_lost=on_stream_lost,
+        )
         self._server: _TrackingServer | None = None
 
     async def start(self) -> None:
