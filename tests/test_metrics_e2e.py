@@ -59,6 +59,11 @@ async def test_scrape_during_a_run(plugin_dir: Path) -> None:
         assert value(text, "nvplugin_allocations_total", resource=GPU, result="ok") == 1
         assert value(text, "nvplugin_allocation_seconds_count", resource=GPU) == 1
 
+        await kubelet.preferred(GPU, list(plugin.devices), [], 2)
+        text = (await get(port, "/metrics"))[1]
+        assert value(text, "nvplugin_preferred_allocations_total", resource=GPU, result="ok") == 1
+        assert value(text, "nvplugin_preferred_allocation_seconds_count", resource=GPU) == 1
+
         uuid = next(iter(plugin.devices))
         agent.state.mark_unhealthy(uuid, "XID 79")
         agent.metrics.xid(79)  # what the health watcher will do on the event
