@@ -150,16 +150,19 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     source = ConfigSource(flags_from_args(args))
     if config.config_dir is not None:
         config = _initial_node_config(source, config)
+    _check_fake_control(args, config)
     # NVML starts now, in a thread, while the agent's modules are imported below.
     early = EarlyStart(open_backend(config))
     from nvplugin.agent import Agent, AgentError
 
-    agent = Agent(config, early.nvml, config_loader=source.load, early=early)
-    attach_health(agent, args)
-    if config.labels:
-        from nvplugin.nodelabels import run_node_integration
-
-        agent.add_task("node-integration", lambda a: run_node_integration(a, source))
+    agent = Agent(
+        config,
+        early.nvml,
+        health_policy=args.health_policy,
+        config_source=source,
+        early=early,
+        fake_control=args.fake_control,
+    )
     try:
         _run_async(agent.run)
     except AgentError as exc:
@@ -168,19 +171,19 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def attach_health(agent: Any, args: argparse.Namespace) -> None:
-    """The XID health watcher (and, on fake GPUs, the fault-injection socket) as agent tasks;
-    transitions feed the metrics and, with --labels, Node Events."""
-    from nvplugin.health import HealthTransition, attach_to_agent
+def _check_fake_control(args: argparse.Namespace, config: Config) -> None:
+    """The fake-GPU control socket must not be in the kubelet's plugin directory (the kubelet
+    would take it for a plugin): a usage error, before anything starts."""
+    if config.fake_gpus is None:
+        return
+    from nvplugin.nvml.fakecontrol import ControlError, default_control_path
 
-    def on_transition(t: HealthTransition) -> None:
-        if agent.node_events is not None:
-            agent.node_events(t.uuid, t.xid, t.reason, t.healthy)
-
-    watcher = attach_to_agent(
-        agent, args.health_policy, on_transition=on_transition, fake_control=args.fake_control
-    )
-    watcher.on_xid = agent.metrics.xid
+    path = args.fake_control or default_control_path()
+    if os.path.realpath(os.path.dirname(path) or ".") == os.path.realpath(config.plugin_dir):
+        raise ControlError(
+            f"{path}: the fake-GPU control socket must not be in the kubelet's device-plugin "
+            f"directory {config.plugin_dir} (the kubelet would take it for a plugin)"
+        )
 
 
 def _initial_node_config(source: Any, config: Config) -> Config:
@@ -204,7 +207,8 @@ def _initial_node_config(source: Any, config: Config) -> Config:
 def _cmd_simulate(args: argparse.Namespace, config: Config) -> int:
     from nvplugin.simulate.story import run_simulation
 
-    return run_simulation(args, config, _run_async, prepare=lambda agent: attach_health(agent, args))
+    _check_fake_control(args, config)
+    return run_simulation(args, config, _run_async)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,6 +19,7 @@ import anyio
 
 from nvplugin.agent import Agent, AgentError
 from nvplugin.core.config import Config
+from nvplugin.core.xid import DEFAULT_POLICY, HealthPolicy
 from nvplugin.nvml import open_backend
 from nvplugin.simulate.kubelet import KubeletSimulator, PluginView
 
@@ -49,16 +50,20 @@ def _plugin_dir(requested: str | None) -> Iterator[Path]:
 
 
 async def simulate(
-    config: Config, once: bool, directory: Path, prepare: Callable[[Agent], None] | None = None
+    config: Config,
+    once: bool,
+    directory: Path,
+    health_policy: HealthPolicy = DEFAULT_POLICY,
+    fake_control: str | None = None,
 ) -> int:
     nvml = open_backend(config)
     kubelet_socket = directory / "kubelet.sock"
     config = config.with_changes(kubelet_socket=str(kubelet_socket))
     say(f"nvplugin simulate: simulated GPUs ({config.fake_gpus}) and an embedded kubelet in {directory}")
     async with KubeletSimulator(directory, narrate=lambda t: say(f"  [{t}]")) as kubelet:
-        agent = Agent(config, nvml, handle_signals=False)
-        if prepare is not None:
-            prepare(agent)
+        agent = Agent(
+            config, nvml, handle_signals=False, health_policy=health_policy, fake_control=fake_control
+        )
         async with anyio.create_task_group() as tg:
             failure: list[AgentError] = []
 
@@ -87,8 +92,9 @@ async def simulate(
 async def _story(agent: Agent, kubelet: KubeletSimulator) -> None:
     # Wait until the agent has advertised every resource it has.
     with anyio.fail_after(10):
-        while agent.started is None or not agent.started.is_set() or not agent.ready:  # noqa: ASYNC110
-            await anyio.sleep(0.01)
+        await agent.wait_started()
+        if agent.state.resources:
+            await agent.wait_ready()
     for resource in agent.state.resources:
         plugin = await kubelet.wait_registered(resource.name)
         say(f"\nThe agent registered {resource.name} with the kubelet.")
@@ -131,15 +137,12 @@ def _changed(kubelet: KubeletSimulator, last: dict[str, Any]) -> bool:
     return any(last.get(n) != (dict(p.devices), p.stream_ended) for n, p in kubelet.plugins.items())
 
 
-def run_simulation(
-    args: argparse.Namespace,
-    config: Config,
-    run_async: Callable[..., Any],
-    prepare: Callable[[Agent], None] | None = None,
-) -> int:
+def run_simulation(args: argparse.Namespace, config: Config, run_async: Callable[..., Any]) -> int:
     with _plugin_dir(args.dir) as directory:
         try:
-            code: int = run_async(lambda: simulate(config, args.once, directory, prepare))
+            code: int = run_async(
+                lambda: simulate(config, args.once, directory, args.health_policy, args.fake_control)
+            )
         except KeyboardInterrupt:
             say("\nCtrl-C: stopping.")
             code = 0

@@ -1,0 +1,260 @@
+"""The agent's side of the kubelet: generations of plugin servers, registration, restarts.
+
+A generation is one PluginServer per advertised resource, each on a fresh socket, registered
+with the kubelet. It lasts until a reason to start over: the kubelet restarted (kubelet.sock
+re-created), one of our sockets was removed, or the configuration was reloaded. Then the
+servers stop (streams end, sockets removed) and the next generation starts. Inventory and
+health live in NodeState and survive every generation.
+
+Two tasks run this object: `serve()` (the generations, plus a short fine-grained probe after
+the kubelet drops a stream) and `watch_directory()` (watchfiles on the kubelet's directory:
+the safety net for a kubelet started after us or a socket removed by hand).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+
+import anyio
+from anyio.abc import TaskGroup
+
+from nvplugin.core.config import Config
+from nvplugin.observability import Metrics
+from nvplugin.plugin.registration import register_with_retry
+from nvplugin.plugin.server import PluginServer
+from nvplugin.state import NodeState
+
+log = logging.getLogger(__name__)
+
+# How often the kubelet-socket wait re-checks by itself, in case a file event is missed
+# (some hostPath mounts do not deliver inotify events).
+KUBELET_SOCKET_RECHECK = 5.0
+# Stopping all plugin servers must fit in the shutdown budget.
+SERVER_STOP_GRACE = 0.4
+# After the kubelet drops our stream, look for its new socket this often, for this long.
+# The kubelet is usually back within milliseconds of its socket being deleted; later
+# re-creation is still caught by the directory watcher.
+RESTART_PROBE_INTERVAL = 0.001
+RESTART_PROBE_WINDOW = 3.0
+
+
+class KubeletSide:
+    """Create it inside the running loop (it owns anyio events)."""
+
+    def __init__(
+        self,
+        config: Config,
+        state: NodeState,
+        metrics: Metrics,
+        control_nodes: frozenset[str] | None = None,
+    ) -> None:
+        self.config = config
+        self._state = state
+        self._metrics = metrics
+        self._control_nodes = control_nodes
+        self.generation = 0
+        self.servers: list[PluginServer] = []
+        # resource name -> registered with the kubelet in the current generation
+        self.registered: dict[str, bool] = {}
+        # Set once the first generation has registered or begun waiting for the kubelet: work
+        # that must stay off the start -> Register path (the watcher, /metrics) waits for it.
+        self.first_attempt = anyio.Event()
+        self.registered_once = anyio.Event()
+        self._restart = anyio.Event()
+        self._restart_reason = ""
+        self._kubelet_seen = anyio.Event()
+        self._registered_kubelet: tuple[int, int] | None = None
+        self._own_sockets: frozenset[str] = frozenset()
+        self._tg: TaskGroup | None = None
+        self._probing = False
+
+    # --- what the agent calls
+
+    @property
+    def ready(self) -> bool:
+        """Registered with the kubelet for every resource of this generation."""
+        return bool(self.registered) and all(self.registered.values())
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self._state.resources:
+            return True, "no GPUs on this node: nothing to register"
+        if self.ready:
+            return True, f"registered {', '.join(sorted(self.registered))}"
+        missing = [name for name, done in self.registered.items() if not done]
+        return False, f"not registered with the kubelet: {', '.join(missing) or 'waiting for the kubelet'}"
+
+    def use_config(self, config: Config) -> None:
+        """A reloaded configuration: the next generation serves it (call request_restart)."""
+        self.config = config
+
+    def request_restart(self, reason: str) -> None:
+        """Start the kubelet side over: new sockets, register again."""
+        if not self._restart.is_set():
+            self._restart_reason = reason
+            self._restart.set()
+
+    # --- the generations (task "kubelet-side")
+
+    async def serve(self) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                while True:
+                    self._restart = anyio.Event()
+                    await self._wait_for_kubelet_socket()
+                    await self._one_generation()
+            finally:
+                self._tg = None
+                tg.cancel_scope.cancel()
+
+    async def _one_generation(self) -> None:
+        self.generation += 1
+        config = self.config
+        servers = [
+            PluginServer(
+                resource,
+                self._state,
+                config,
+                self._control_nodes,
+                metrics=self._metrics,
+                on_stream_lost=self._on_stream_lost,
+            )
+            for resource in self._state.resources
+        ]
+        self.servers = servers
+        self.registered = {s.resource_name: False for s in servers}
+        try:
+            for server in servers:
+                await server.start()
+            self._own_sockets = frozenset(s.socket_path for s in servers)
+            self._registered_kubelet = self._kubelet_identity()
+            async with anyio.create_task_group() as generation:
+                for server in servers:
+                    generation.start_soon(self._register, server, name=f"register {server.resource_name}")
+                if not servers:
+                    self.first_attempt.set()
+                await self._restart.wait()
+                generation.cancel_scope.cancel()
+            log.info("restarting the plugin servers: %s", self._restart_reason)
+        finally:
+            self._own_sockets = frozenset()
+            self.registered = {}
+            # The next generation registers against whatever kubelet.sock is then: a re-created
+            # socket seen while it waits must not restart it again.
+            self._registered_kubelet = None
+            with anyio.CancelScope(shield=True):
+                async with anyio.create_task_group() as stopping:
+                    for server in servers:
+                        stopping.start_soon(server.stop, SERVER_STOP_GRACE)
+
+    async def _register(self, server: PluginServer) -> None:
+        attempts = await register_with_retry(
+            self.config.kubelet_socket, server.socket_name, server.resource_name
+        )
+        for _ in range(attempts - 1):
+            self._metrics.registered(server.resource_name, ok=False)
+        self._metrics.registered(server.resource_name)
+        self.registered[server.resource_name] = True
+        if self.ready:
+            self.first_attempt.set()
+            if not self.registered_once.is_set():
+                self.registered_once.set()
+                # What exists now (modules, inventory) lives as long as the process: keep it out
+                # of the collector's way, so a full collection never lands inside an RPC. After
+                # the first registration, not before: it costs ~10 ms.
+                gc.collect()
+                gc.freeze()
+
+    def _kubelet_identity(self) -> tuple[int, int] | None:
+        """kubelet.sock's identity. The inode number alone is often reused by the kubelet's
+        re-created socket, so the creation time is part of it."""
+        try:
+            st = os.stat(self.config.kubelet_socket)
+        except OSError:
+            return None
+        return st.st_ino, st.st_ctime_ns
+
+    async def _wait_for_kubelet_socket(self) -> None:
+        announced = False
+        while self._kubelet_identity() is None:
+            self.first_attempt.set()
+            if not announced:
+                log.info("waiting for the kubelet socket %s", self.config.kubelet_socket)
+                announced = True
+            self._kubelet_seen = anyio.Event()
+            if self._kubelet_identity() is not None:
+                break
+            with anyio.move_on_after(KUBELET_SOCKET_RECHECK):
+                await self._kubelet_seen.wait()
+
+    # --- noticing a kubelet restart
+
+    def _on_stream_lost(self) -> None:
+        """The kubelet closed a ListAndWatch stream: it may be restarting. Probe for its new
+        socket at a fine grain for a short while, so re-registration does not wait for the
+        directory watcher's batching (which stays coarse to keep the idle agent asleep)."""
+        if not self._probing and self._tg is not None:
+            self._probing = True
+            self._tg.start_soon(self._probe_kubelet_restart, name="kubelet-restart-probe")
+
+    async def _probe_kubelet_restart(self) -> None:
+        try:
+            with anyio.move_on_after(RESTART_PROBE_WINDOW):
+                while True:
+                    identity = self._kubelet_identity()
+                    if identity is not None and identity != self._registered_kubelet:
+                        self._kubelet_restarted()
+                        return
+                    await anyio.sleep(RESTART_PROBE_INTERVAL)
+        finally:
+            self._probing = False
+
+    def _kubelet_restarted(self) -> None:
+        self._metrics.kubelet_restart()
+        self.request_restart("kubelet.sock was re-created (kubelet restarted)")
+
+    def on_directory_change(self, added: bool, path: str) -> None:
+        """One file event in the kubelet's directory."""
+        if path == self.config.kubelet_socket:
+            if not added:
+                return
+            self._kubelet_seen.set()
+            identity = self._kubelet_identity()
+            if self._registered_kubelet is not None and identity not in (None, self._registered_kubelet):
+                self._kubelet_restarted()
+        elif not added and path in self._own_sockets:
+            self.request_restart(f"our socket {os.path.basename(path)} was removed")
+
+    # --- the directory watcher (task "kubelet-watcher")
+
+    async def watch_directory(self, stop: anyio.Event) -> None:
+        """Until `stop` is set (watchfiles' thread only looks at that event, so the agent sets
+        it on shutdown; cancelling alone would wait out the thread's timeout)."""
+        # Not on the start -> Register path: the kubelet side checks the socket itself first.
+        with anyio.move_on_after(1.0):  # registration may be refused for long: watch anyway
+            await self.first_attempt.wait()
+        from watchfiles import Change, awatch
+
+        directory = self.config.plugin_dir
+        os.makedirs(directory, exist_ok=True)
+        # Anything removed before the watch began is caught here.
+        for path in self._own_sockets:
+            if not os.path.exists(path):
+                self.on_directory_change(False, path)
+        # watchfiles' Rust thread wakes every `step` ms even when idle, so keep it coarse: the
+        # fast path for a kubelet restart is the stream-lost probe; this watcher is the safety
+        # net (kubelet started after us, a socket removed by hand).
+        async for changes in awatch(
+            directory,
+            debounce=500,
+            step=250,
+            recursive=False,
+            ignore_permission_denied=True,
+            watch_filter=None,
+            stop_event=stop,
+        ):
+            # Deletions first: a kubelet restart removes our socket and re-creates its own at once.
+            for change, path in sorted(changes, key=lambda c: c[0] != Change.deleted):
+                self.on_directory_change(change == Change.added, os.path.abspath(path))
