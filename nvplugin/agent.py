@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -42,7 +42,13 @@ from nvplugin.nvml.base import LIBRARY_HINT, Nvml, NvmlError, NvmlLibraryNotFoun
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.early import EarlyStart
 from nvplugin.observability import NULL_METRICS, Metrics, track_devices
-from nvplugin.plugin.kubeletside import KubeletSide
+from nvplugin.plugin.kubeletside import (
+    AnotherAgent,
+    KubeletDirError,
+    KubeletSide,
+    check_kubelet_dir,
+    clean_stale_sockets,
+)
 from nvplugin.plugin.server import PluginServer
 from nvplugin.state import NodeState
 from nvplugin.tasks import Backoff, StopAgent, TaskFailed, TaskSpec, guarded
@@ -55,7 +61,12 @@ log = logging.getLogger(__name__)
 
 
 class AgentError(Exception):
-    """The agent cannot start (or a vital task failed); the message says what to check. Exit 1."""
+    """The agent cannot start (or a vital task failed); the message says what to check."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        # 1: start-up failed (no NVML, another agent); 2: a usage error (an unusable path).
+        self.exit_code = exit_code
 
 
 class Agent:
@@ -69,6 +80,7 @@ class Agent:
         handle_signals: bool = True,
         early: EarlyStart | None = None,
         fake_control: str | None = None,
+        reload_pending: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config.with_changes(kubelet_socket=os.path.abspath(config.kubelet_socket))
         self.nvml = nvml
@@ -94,6 +106,8 @@ class Agent:
         self._reload_why = ""
         self._reload_lock: anyio.Lock | None = None
         self._signals: AsyncIterator[int] | None = None
+        # A SIGHUP that arrived before the agent's own handler (see cli.EarlySignals).
+        self._reload_pending = reload_pending
 
     # --- what callers (CLI, simulate, tests) use
 
@@ -160,6 +174,7 @@ class Agent:
                 resources = _plan(inventory, self.config)
             except ConfigError as exc:
                 raise AgentError(f"cannot advertise the GPUs with this configuration: {exc}") from None
+            await anyio.to_thread.run_sync(self._check_kubelet_dir, resources)
             control_nodes = await anyio.to_thread.run_sync(existing_control_nodes)
             self.state.replace(inventory, resources)
             self.kubelet = KubeletSide(self.config, self.state, self.metrics, control_nodes)
@@ -178,6 +193,8 @@ class Agent:
                         if spec.enabled(self):
                             tg.start_soon(guarded, spec, self, name=spec.name)
                     self.started.set()
+                    if self._reload_pending():
+                        self.request_reload("SIGHUP during start-up")
                     await _until_cancelled(self._stopping)
             except StopAgent as exc:
                 raise AgentError(f"a vital task failed: {exc}") from None
@@ -238,6 +255,16 @@ class Agent:
         else:
             log.warning("no GPUs found: advertising zero devices (nothing will be scheduled here)")
         return inventory
+
+    def _check_kubelet_dir(self, resources: tuple[Resource, ...]) -> None:
+        try:
+            check_kubelet_dir(self.config, resources)
+            for path in clean_stale_sockets(self.config.plugin_dir):
+                log.info("removed %s, left by an agent that is gone", path)
+        except KubeletDirError as exc:
+            raise AgentError(str(exc), exit_code=2) from None
+        except AnotherAgent as exc:
+            raise AgentError(str(exc)) from None
 
     # --- reloads
 

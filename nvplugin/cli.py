@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -162,12 +163,13 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
         config_source=source,
         early=early,
         fake_control=args.fake_control,
+        reload_pending=lambda: EARLY_SIGNALS.hup,
     )
     try:
         _run_async(agent.run)
     except AgentError as exc:
-        print(f"nvplugin: {exc}", file=sys.stderr)
-        return EXIT_START_FAILED
+        _fatal(args, str(exc))
+        return exc.exit_code
     return EXIT_OK
 
 
@@ -211,7 +213,31 @@ def _cmd_simulate(args: argparse.Namespace, config: Config) -> int:
     return run_simulation(args, config, _run_async)
 
 
+class EarlySignals:
+    """Signal handling from the first instruction of main, until the agent's own takes over:
+    SIGTERM is a clean exit 0 (nothing to clean up yet: no socket exists before the agent's
+    handler is in place); SIGHUP is remembered and becomes a reload once the agent runs (the
+    configuration it starts with may predate the file the sender just changed)."""
+
+    def __init__(self) -> None:
+        self.hup = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._terminate)
+        signal.signal(signal.SIGHUP, self._hangup)
+
+    def _terminate(self, signum: int, frame: object) -> None:
+        raise SystemExit(EXIT_OK)
+
+    def _hangup(self, signum: int, frame: object) -> None:
+        self.hup = True
+
+
+EARLY_SIGNALS = EarlySignals()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    EARLY_SIGNALS.install()
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
@@ -220,27 +246,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not hasattr(args, "handler"):  # a self-contained tool command (check-config, ...)
         setup_logging(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
         sys.exit(args.run(args))
+    # Logging first: with --log-format json even a fatal start-up error is one JSON line.
+    setup_logging(args.log_level, args.log_format)
     try:
         loaded = config_from_args(args)
         config, warnings = loaded.config, loaded.warnings
         if args.command == "simulate":
             config = _simulate_config(args, config)
     except ConfigError as exc:
-        print(f"nvplugin {args.command}: error: {exc}", file=sys.stderr)
-        print(f"Run 'nvplugin {args.command} --help' for the accepted values.", file=sys.stderr)
+        _fatal(args, str(exc), hint=f"Run 'nvplugin {args.command} --help' for the accepted values.")
         sys.exit(EXIT_USAGE)
-    setup_logging(args.log_level, args.log_format)
     for warning in warnings:
         log.warning("config file: %s", warning)
     args.health_policy = loaded.health
     try:
         code = args.handler(args, config)
     except _usage_errors() as exc:
-        print(f"nvplugin {args.command}: error: {exc}", file=sys.stderr)
+        _fatal(args, str(exc))
         code = EXIT_USAGE
     except KeyboardInterrupt:
         code = EXIT_OK
     sys.exit(code)
+
+
+def _fatal(args: argparse.Namespace, message: str, hint: str = "") -> None:
+    """A start-up error: plain lines on stderr, or one JSON log line with --log-format json."""
+    if args.log_format == "json":
+        log.critical("%s%s", message, f" ({hint})" if hint else "")
+        return
+    print(f"nvplugin {args.command}: error: {message}", file=sys.stderr)
+    if hint:
+        print(hint, file=sys.stderr)
 
 
 def _simulate_config(args: argparse.Namespace, config: Config) -> Config:

@@ -97,6 +97,24 @@ def nvplugin_process(*args: str, env: dict[str, str] | None = None, **popen: Any
     )
 
 
+async def read_stderr_until(proc: subprocess.Popen[str], text: str, within: float = 15.0) -> str:
+    """Read the process's stderr line by line until a line contains `text`; what was read."""
+    assert proc.stderr is not None
+    seen: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"the process ended before printing {text!r}:\n{''.join(seen)}")
+
+    with anyio.fail_after(within):
+        await anyio.to_thread.run_sync(read, abandon_on_cancel=True)
+    return "".join(seen)
+
+
 async def stop_process(proc: subprocess.Popen[str], signum: int = signal.SIGTERM) -> tuple[int, str, str]:
     """Signal the process and collect (exit code, stdout, stderr)."""
     proc.send_signal(signum)

@@ -13,17 +13,21 @@ the safety net for a kubelet started after us or a socket removed by hand).
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
+import socket
+import stat
 
 import anyio
 from anyio.abc import TaskGroup
 
 from nvplugin.core.config import Config
+from nvplugin.core.resources import Resource
 from nvplugin.observability import Metrics
 from nvplugin.plugin.registration import register_with_retry
-from nvplugin.plugin.server import PluginServer
+from nvplugin.plugin.server import SOCKET_PREFIX, PluginServer, fresh_socket_name
 from nvplugin.state import NodeState
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,94 @@ SERVER_STOP_GRACE = 0.4
 # re-creation is still caught by the directory watcher.
 RESTART_PROBE_INTERVAL = 0.001
 RESTART_PROBE_WINDOW = 3.0
+# A unix socket path holds at most 107 bytes (sun_path is 108 with its NUL).
+MAX_SOCKET_PATH = 107
+
+
+class KubeletDirError(Exception):
+    """The kubelet's directory cannot be used; the message names the path and the fix."""
+
+
+class AnotherAgent(Exception):
+    """Another live nvplugin already serves the kubelet from this directory."""
+
+
+def check_kubelet_dir(config: Config, resources: tuple[Resource, ...]) -> None:
+    """Before any socket: the kubelet's directory must be a directory we can create sockets
+    in, and every socket path must fit. A directory that does not exist yet is the kubelet's
+    to create (it is waited for, never created by us). Blocking (file system)."""
+    directory = config.plugin_dir
+    paths = [config.kubelet_socket] + [os.path.join(directory, fresh_socket_name(r)) for r in resources]
+    too_long = [p for p in paths if len(os.fsencode(p)) > MAX_SOCKET_PATH]
+    if too_long:
+        raise KubeletDirError(
+            f"socket path {too_long[0]!r} is {len(os.fsencode(too_long[0]))} bytes, longer than a unix "
+            f"socket allows ({MAX_SOCKET_PATH}): use a shorter --kubelet-socket directory"
+        )
+    try:
+        mode = os.stat(directory).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise KubeletDirError(
+            f"cannot use the kubelet's directory {directory}: {exc.strerror or exc}"
+        ) from None
+    if not stat.S_ISDIR(mode):
+        raise KubeletDirError(
+            f"{directory} is not a directory: --kubelet-socket must name the kubelet's socket inside "
+            "its device-plugin directory (default /var/lib/kubelet/device-plugins/kubelet.sock)"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise KubeletDirError(
+            f"cannot create sockets in the kubelet's directory {directory}: permission denied; run the "
+            "agent as root (the DaemonSet does) or mount the directory read-write"
+        )
+    if os.path.isdir(config.kubelet_socket):
+        raise KubeletDirError(
+            f"{config.kubelet_socket} is a directory: --kubelet-socket must name the kubelet's socket file"
+        )
+
+
+def clean_stale_sockets(directory: str) -> list[str]:
+    """Remove our own sockets left by an agent that died (SIGKILL, OOM): those named like ours
+    that nobody answers on. Never touches another plugin's socket. Raises AnotherAgent when one
+    of ours answers: a second agent would advertise the same GPUs twice. Returns what it removed."""
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(SOCKET_PREFIX) and n.endswith(".sock")]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                continue
+        except OSError:
+            continue
+        if _answers(path):
+            raise AnotherAgent(
+                f"another nvplugin agent serves the kubelet from {directory} (its socket {name} answers): "
+                "two agents would advertise the same GPUs twice; stop the other one first"
+            )
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def _answers(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        # Refused (nobody listens) or gone: stale. Anything else (EAGAIN: a full backlog) is alive.
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        probe.close()
+    return True
 
 
 class KubeletSide:
@@ -78,7 +170,7 @@ class KubeletSide:
         return bool(self.registered) and all(self.registered.values())
 
     def readiness(self) -> tuple[bool, str]:
-        if not self._state.resources:
+        if not any(r.devices for r in self._state.resources):
             return True, "no GPUs on this node: nothing to register"
         if self.ready:
             return True, f"registered {', '.join(sorted(self.registered))}"
@@ -112,6 +204,10 @@ class KubeletSide:
     async def _one_generation(self) -> None:
         self.generation += 1
         config = self.config
+        for resource in self._state.resources:
+            if not resource.devices:
+                log.info("%s has no devices: not registered", resource.name)
+        # Like NVIDIA's plugin, a resource without devices is not registered.
         servers = [
             PluginServer(
                 resource,
@@ -122,6 +218,7 @@ class KubeletSide:
                 on_stream_lost=self._on_stream_lost,
             )
             for resource in self._state.resources
+            if resource.devices
         ]
         self.servers = servers
         self.registered = {s.resource_name: False for s in servers}
@@ -238,7 +335,13 @@ class KubeletSide:
         from watchfiles import Change, awatch
 
         directory = self.config.plugin_dir
-        os.makedirs(directory, exist_ok=True)
+        if not os.path.isdir(directory):
+            log.warning("waiting for the kubelet's directory %s (is --kubelet-socket right?)", directory)
+        while not os.path.isdir(directory):  # the kubelet creates it: wait, never create it
+            with anyio.move_on_after(KUBELET_SOCKET_RECHECK):
+                await stop.wait()
+            if stop.is_set():
+                return
         # Anything removed before the watch began is caught here.
         for path in self._own_sockets:
             if not os.path.exists(path):

@@ -41,11 +41,14 @@ log = logging.getLogger(__name__)
 PLUGIN_OPTIONS = api.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
 
 _socket_counter = itertools.count()
+# Every socket nvplugin creates in the kubelet's directory starts with this (stale ones are
+# found by it after a crash).
+SOCKET_PREFIX = "nvplugin-"
 
 
 def fresh_socket_name(resource: Resource) -> str:
     """A socket name never used before by this process (nor, very likely, any other)."""
-    return f"nvplugin-{resource.short_name}-{os.getpid()}-{next(_socket_counter)}-{os.urandom(3).hex()}.sock"
+    return f"{SOCKET_PREFIX}{resource.short_name}-{os.getpid()}-{next(_socket_counter)}-{os.urandom(3).hex()}.sock"
 
 
 def to_proto_allocation(allocation: ContainerAllocation) -> api.ContainerAllocateResponse:
