@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
 from pathlib import Path
 
 import anyio
@@ -131,7 +130,7 @@ async def test_a_burst_of_sighups_is_coalesced(plugin_dir: Path, tmp_path: Path)
             await kubelet.wait_registered(GPU_RESOURCE, timeout=15)
             for _ in range(100):
                 proc.send_signal(signal.SIGHUP)
-                time.sleep(0.005)
+                await anyio.sleep(0.005)
             # A last reload with a visible change: once the kubelet sees it, every earlier
             # SIGHUP has been handled (reloads run one at a time, in order).
             replicas(3)
