@@ -60,6 +60,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# How long a reload request waits for more requests to join it.
+RELOAD_SETTLE = 0.5
+
+
 class AgentError(Exception):
     """The agent cannot start (or a vital task failed); the message says what to check."""
 
@@ -299,6 +303,9 @@ class Agent:
         assert self._reload_wanted is not None
         while True:
             await self._reload_wanted.wait()
+            # Requests arriving in the next moments join this one: a burst of SIGHUPs (a script,
+            # a config-manager sidecar) is one reload, not one re-registration per signal.
+            await anyio.sleep(RELOAD_SETTLE)
             self._reload_wanted = anyio.Event()  # what arrives during this reload asks for one more
             log.info("reloading: %s", self._reload_why)
             await self.reload()
