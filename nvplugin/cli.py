@@ -73,6 +73,10 @@ TOOL_COMMANDS = {
         "nvplugin.commands.inject_xid",
         "inject an XID or fault into a running agent on fake GPUs",
     ),
+    "kubelet": (
+        "nvplugin.commands.kubelet",
+        "run a stand-in kubelet for local work: agents register with it, it tells what it sees",
+    ),
 }
 
 
@@ -209,7 +213,8 @@ def _initial_node_config(source: Any, config: Config) -> Config:
 def _cmd_simulate(args: argparse.Namespace, config: Config) -> int:
     from nvplugin.simulate.story import run_simulation
 
-    _check_fake_control(args, config)
+    if args.dir is not None:
+        _check_fake_control(args, config.with_changes(kubelet_socket=os.path.join(args.dir, "kubelet.sock")))
     return run_simulation(args, config, _run_async)
 
 

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 # GPU or MIG UUID -> (GPU instance, compute instance) for MIG devices.
 Placements = Mapping[str, tuple[int, int]]
+# What the wait thread hands the loop: an event (with the probe read as it arrived, for
+# reset-class XIDs), or the error a wait failed with.
+_Item = tuple[NvmlEvent, ProbeResult | None] | NvmlError
 
 
 @dataclass(slots=True)
@@ -299,7 +302,7 @@ class HealthWatcher:
     async def _event_loop(self, handle: _EventSetHandle) -> None:
         """One long-lived worker thread waits on NVML and hands only events and errors to the
         loop: timeouts never wake the loop, so an idle watcher costs the loop nothing."""
-        send, receive = anyio.create_memory_object_stream[NvmlEvent | NvmlError](max_buffer_size=1024)
+        send, receive = anyio.create_memory_object_stream[_Item](max_buffer_size=1024)
         stop = threading.Event()
 
         async def pump() -> None:
@@ -317,7 +320,7 @@ class HealthWatcher:
                     log.warning("NVML event wait failed: %s; probing every GPU", item)
                     await self._probe_gpus([g.index for g in self._state.inventory.gpus], f"after {item}")
                 else:
-                    await self._on_event(item)
+                    await self._on_event(*item)
         await anyio.lowlevel.checkpoint()  # if we are being cancelled, that ends us here
         # Not cancelled, yet the pump is gone (its queue overflowed): the guard restarts us.
         raise RuntimeError("the NVML event pump stopped")
@@ -326,7 +329,7 @@ class HealthWatcher:
         self,
         handle: _EventSetHandle,
         stop: threading.Event,
-        send: MemoryObjectSendStream[NvmlEvent | NvmlError],
+        send: MemoryObjectSendStream[_Item],
     ) -> None:
         """Runs in the worker thread until `stop`. Raises (a crash the guard restarts) on a
         bug, or when waits keep failing: a fresh event set may cure that."""
@@ -343,13 +346,14 @@ class HealthWatcher:
         self,
         handle: _EventSetHandle,
         stop: threading.Event,
-        send: MemoryObjectSendStream[NvmlEvent | NvmlError],
+        send: MemoryObjectSendStream[_Item],
     ) -> None:
         errors_in_row = 0
         while not stop.is_set():
             self.stats.waits += 1
             try:
-                item: NvmlEvent | NvmlError = handle.wait(self._timeout_ms)
+                event = handle.wait(self._timeout_ms)
+                item: _Item = (event, self._probe_if_reset_class(event))
                 errors_in_row = 0
             except NvmlTimeout:
                 self.stats.timeouts += 1
@@ -371,7 +375,17 @@ class HealthWatcher:
             if errors_in_row:
                 stop.wait(min(0.1 * 2**errors_in_row, 5.0))  # no hot loop on a broken event set
 
-    async def _on_event(self, event: NvmlEvent) -> None:
+    def _probe_if_reset_class(self, event: NvmlEvent) -> ProbeResult | None:
+        """In the wait thread, as the event is read: the driver's recovery action for a
+        reset-class XID, before anyone can reset the GPU. A reset that follows at once (the
+        order docs/xid.md gives) then still counts as the reset the driver asked for."""
+        if event.event_type != EVENT_XID_CRITICAL or event.gpu_index is None:
+            return None
+        if self._policy.is_ignored(event.data) or self._policy.action(event.data) is not Action.RESET_GPU:
+            return None
+        return self._probe_now(event.gpu_index)
+
+    async def _on_event(self, event: NvmlEvent, probe: ProbeResult | None = None) -> None:
         self.stats.events += 1
         gpu = self._gpu_of(event)
         where = f"GPU {gpu.index} ({gpu.uuid})" if gpu else f"GPU {event.gpu_index} / {event.uuid}"
@@ -404,6 +418,8 @@ class HealthWatcher:
         )
         for uuid in targets:
             self._fault(uuid, action, reason, xid)
+            if probe is not None:
+                self._after_probe(uuid, probe)
 
     def _gpu_of(self, event: NvmlEvent) -> Gpu | None:
         for gpu in self._state.inventory.gpus:
@@ -433,9 +449,13 @@ class HealthWatcher:
     # --- probing and recovery
 
     async def _probe(self, index: int) -> ProbeResult:
+        return await anyio.to_thread.run_sync(self._probe_now, index, abandon_on_cancel=True)
+
+    def _probe_now(self, index: int) -> ProbeResult:
+        """Blocking: in a worker thread."""
         self.stats.probes += 1
         try:
-            probe = await anyio.to_thread.run_sync(self._nvml.device_probe, index, abandon_on_cancel=True)
+            probe = self._nvml.device_probe(index)
         except NvmlGpuLost as exc:
             return ProbeResult(ok=False, lost=True, error=str(exc))
         except NvmlError as exc:

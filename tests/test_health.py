@@ -147,6 +147,16 @@ async def test_reset_class_fault_waits_for_the_gpu_reset() -> None:
         await until(lambda: uuid(state, 0) not in state.unhealthy, state)
 
 
+async def test_a_reset_right_after_the_xid_counts() -> None:
+    fake, state = make(1)
+    async with watching(fake, state) as watcher:
+        fake.inject_xid(0, 95)
+        await until(lambda: uuid(state, 0) in state.unhealthy, state)
+        fake.reset_gpu(0)  # before any recovery pass (the order docs/xid.md gives)
+        await until(lambda: uuid(state, 0) not in state.unhealthy, state)
+        assert watcher.stats.recoveries == 1
+
+
 async def test_reboot_class_fault_stays_unhealthy() -> None:
     fake, state = make(2)
     clock = Clock()
