@@ -97,14 +97,18 @@ def nvplugin_process(*args: str, env: dict[str, str] | None = None, **popen: Any
     )
 
 
-async def read_stderr_until(proc: subprocess.Popen[str], text: str, within: float = 15.0) -> str:
-    """Read the process's stderr line by line until a line contains `text`; what was read."""
-    assert proc.stderr is not None
+async def read_until(
+    proc: subprocess.Popen[str], text: str, within: float = 15.0, stream: str = "stderr"
+) -> str:
+    """Read the process's stderr (or stdout) line by line until a line contains `text`; returns
+    what was read."""
+    pipe = proc.stderr if stream == "stderr" else proc.stdout
+    assert pipe is not None
     seen: list[str] = []
 
     def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
+        assert pipe is not None
+        for line in pipe:
             seen.append(line)
             if text in line:
                 return

@@ -180,9 +180,7 @@ def _changed(kubelet: KubeletSimulator, last: dict[str, Any]) -> bool:
 def run_simulation(args: argparse.Namespace, config: Config, run_async: Callable[..., Any]) -> int:
     with _workspace(args.dir, args.fake_control) as (directory, control):
         try:
-            code: int = run_async(
-                lambda: simulate(config, args.once, directory, args.health_policy, control)
-            )
+            code: int = run_async(lambda: simulate(config, args.once, directory, args.health_policy, control))
         except KeyboardInterrupt:
             say("\nCtrl-C: stopping.")
             code = 0
