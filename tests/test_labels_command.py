@@ -106,9 +106,9 @@ def test_failed_gpu_is_reported_and_others_labelled(
     assert "GPU 1 left out" in captured.err
 
 
-def test_zero_gpus_gives_no_labels() -> None:
+def test_zero_gpus_gives_what_gfd_writes_without_devices() -> None:
     labels = compute_labels({"fake_gpus": "0"}, {}, timestamp=False)
-    assert labels == {}
+    assert labels == {"nvidia.com/vgpu.present": "false"}
 
 
 # --- on a real GPU

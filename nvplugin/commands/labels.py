@@ -11,11 +11,13 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from nvplugin.core.config import ConfigError, resolve
+from nvplugin.configload import load
+from nvplugin.core.config import ConfigError
 from nvplugin.core.labels import feature_file, node_labels, valid_only
 from nvplugin.core.resources import build_resources
 from nvplugin.nodefacts import DMI_PRODUCT_NAME, read_node_facts
@@ -37,6 +39,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--fake-gpus", metavar="N|FILE", help="simulated GPUs instead of NVML: a count or a layout"
     )
     parser.add_argument("--mig-strategy", metavar="STRATEGY", help="none, single or mixed (env MIG_STRATEGY)")
+    parser.add_argument(
+        "--config-file", metavar="FILE", help="NVIDIA v1 config file, e.g. time-slicing (env CONFIG_FILE)"
+    )
     parser.add_argument("--nvidia-driver-root", metavar="PATH", help="root of the NVIDIA driver installation")
     parser.add_argument(
         "--machine-type-file",
@@ -82,17 +87,23 @@ def compute_labels(
     machine_type_file: str = DMI_PRODUCT_NAME,
     timestamp: bool = True,
     warn: TextIO | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> dict[str, str]:
     """The labels for this node. Raises ConfigError or NvmlError (and LayoutError)."""
     warn = warn or sys.stderr
-    config = resolve(flags, env)
+    loaded = load(flags, env)
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=warn)
+    config = loaded.config
     nvml = open_backend(config)
     nvml.init()
     try:
         inventory = discover(nvml)
         # Config.gfd_no_timestamp (flags.gfd.noTimestamp) arrives with the config-file work.
         timestamp = timestamp and not getattr(config, "gfd_no_timestamp", False)
-        facts = read_node_facts(nvml, inventory, machine_type_file=machine_type_file, timestamp=timestamp)
+        facts = read_node_facts(
+            nvml, inventory, machine_type_file=machine_type_file, timestamp=timestamp, clock=clock
+        )
     finally:
         try:
             nvml.shutdown()
@@ -119,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     flags = {
         "fake_gpus": args.fake_gpus,
         "mig_strategy": args.mig_strategy,
+        "config_file": args.config_file,
         "nvidia_driver_root": args.nvidia_driver_root,
     }
     try:
