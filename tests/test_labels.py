@@ -580,6 +580,23 @@ def test_nvml_failure_keeps_every_gpu_label() -> None:
     assert L.label_diff({}, actual)[L.PRESENT_LABEL] is None
 
 
+def test_desired_labels_tell_an_nvml_failure_from_a_node_without_gpus() -> None:
+    facts = L.NodeFacts(vgpu=Vgpu(present=False))
+    assert L.desired_labels(None, (), Config(), facts) == L.desired_when_nvml_failed()
+    # NVML counted GPUs but could read none: unknown, not gone
+    unreadable = Inventory(
+        gpus=(),
+        driver_version="580.159.04",
+        cuda_driver_version=13000,
+        problems=("GPU 0 left out: gpu-lost",),
+    )
+    assert L.desired_labels(unreadable, (), Config(), facts) == L.desired_when_nvml_failed()
+    none = L.desired_labels(inventory(), (), Config(), facts)
+    assert none == L.DesiredLabels({"nvidia.com/vgpu.present": "false"})
+    inv = inventory(gpu(0))
+    assert L.desired_labels(inv, (), Config(), facts).labels == L.node_labels(inv, (), Config(), facts)
+
+
 def test_diff_timestamp_only_with_other_changes_or_when_missing() -> None:
     desired = {"nvidia.com/gpu.count": "1"}
     steady = {"nvidia.com/gpu.count": "1", L.TIMESTAMP_LABEL: "100"}

@@ -569,6 +569,21 @@ def desired_when_nvml_failed() -> DesiredLabels:
     return DesiredLabels(labels={}, keep=is_owned_key)
 
 
+def desired_labels(
+    inventory: Inventory | None,
+    resources: Sequence[Resource],
+    config: Config,
+    facts: NodeFacts,
+    sharing_strategy: str | None = None,
+) -> DesiredLabels:
+    """What to reconcile the node to. `inventory` None (nvmlInit or discovery failed), or one
+    where NVML saw GPUs but could read none of them: desired_when_nvml_failed(). Otherwise
+    node_labels, a node without GPUs included."""
+    if inventory is None or (not inventory.gpus and inventory.problems):
+        return desired_when_nvml_failed()
+    return DesiredLabels(node_labels(inventory, resources, config, facts, sharing_strategy))
+
+
 def label_diff(
     desired: Mapping[str, str],
     actual: Mapping[str, str],
