@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +54,12 @@ def read_snapshot(
     config: Config,
     *,
     timestamp: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> NodeSnapshot:
     """Blocking (sysfs, NVML): call it in a worker thread from the loop."""
-    facts = read_node_facts(nvml, inventory, machine_type_file=config.machine_type_file, timestamp=timestamp)
+    facts = read_node_facts(
+        nvml, inventory, machine_type_file=config.machine_type_file, timestamp=timestamp, clock=clock
+    )
     return NodeSnapshot(inventory, resources, config, facts)
 
 

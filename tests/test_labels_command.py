@@ -130,9 +130,9 @@ def test_the_config_file_shapes_the_labels(tmp_path: Path) -> None:
         assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3-SHARED"
 
 
-def test_zero_gpus_gives_no_labels() -> None:
+def test_zero_gpus_gives_what_gfd_writes_without_devices() -> None:
     labels = compute_labels({"fake_gpus": "0"}, {}, timestamp=False)
-    assert labels == {}
+    assert labels == {"nvidia.com/vgpu.present": "false"}
 
 
 # --- on a real GPU
@@ -179,9 +179,16 @@ def test_real_gpu_labels_agree_with_nvidia_smi(tmp_path: Path) -> None:
     assert labels["nvidia.com/cuda.driver-version.full"] == driver
     assert labels["nvidia.com/cuda.runtime-version.full"] == cuda
     assert labels["nvidia.com/gpu.present"] == "true"
-    if name == "NVIDIA H100 80GB HBM3":
-        assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    virtualization = subprocess.run(
+        [smi, "--query-gpu=virtualization_mode", "--format=csv,noheader"], capture_output=True, text=True
+    )
+    if virtualization.returncode == 0:
+        guest = "VGPU" in {v.strip().upper() for v in virtualization.stdout.splitlines()}
+        assert labels["nvidia.com/vgpu.present"] == ("true" if guest else "false")
+    if name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200"):
+        assert labels["nvidia.com/gpu.product"] == "-".join(name.split())
         assert labels["nvidia.com/gpu.family"] == "hopper"
         assert (major, minor) == ("9", "0")
         assert labels["nvidia.com/mig.capable"] == "true"
         assert labels["nvidia.com/gpu.mode"] == "compute"
+        assert labels["nvidia.com/mps.capable"] == "false"

@@ -13,7 +13,8 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -64,6 +65,7 @@ def compute_labels(
     *,
     timestamp: bool = True,
     warn: TextIO | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> dict[str, str]:
     """The labels for this node under the configuration `flags` and `env` (and the config file
     they name). Raises ConfigError or NvmlError (and LayoutError)."""
@@ -91,7 +93,12 @@ def compute_labels(
             print(f"warning: {exc}", file=warn)
             resources = ()
         snapshot = read_snapshot(
-            nvml, inventory, resources, config, timestamp=timestamp and not config.gfd_no_timestamp
+            nvml,
+            inventory,
+            resources,
+            config,
+            timestamp=timestamp and not config.gfd_no_timestamp,
+            clock=clock,
         )
     finally:
         try:
