@@ -300,9 +300,6 @@ class ContainerEdits:
     mounts: tuple[Mount, ...] = ()
     additional_gids: tuple[int, ...] = ()
 
-    def is_empty(self) -> bool:
-        return not (self.env or self.device_nodes or self.hooks or self.mounts)
-
     def to_json(self) -> dict[str, object]:
         doc: dict[str, object] = {}
         if self.env:
@@ -384,7 +381,7 @@ def build_spec(
     common = builder.common_edits()
     entries: list[CdiDevice] = []
     for device in devices:
-        edits = _without(builder.device_edits(device), common)
+        edits = builder.device_edits(device)
         entries.extend(CdiDevice(name, edits) for name in dict.fromkeys((device.uuid, device.index)))
     entries.sort(key=lambda d: d.name)
     if builder.missing:
@@ -575,18 +572,6 @@ def _sorted_mounts(mounts: Iterable[Mount]) -> tuple[Mount, ...]:
 
 def _unique(items: Iterable[_T]) -> tuple[_T, ...]:
     return tuple(dict.fromkeys(items))
-
-
-def _without(edits: ContainerEdits, common: ContainerEdits) -> ContainerEdits:
-    """nvcdi's simplify: drop what the common edits already give, unless that empties the device."""
-    trimmed = ContainerEdits(
-        env=tuple(e for e in edits.env if e not in common.env),
-        device_nodes=tuple(n for n in edits.device_nodes if n not in common.device_nodes),
-        hooks=tuple(h for h in edits.hooks if h not in common.hooks),
-        mounts=tuple(m for m in edits.mounts if m not in common.mounts),
-        additional_gids=edits.additional_gids,
-    )
-    return edits if trimmed.is_empty() else trimmed
 
 
 def _minimum_version(devices: Sequence[CdiDevice], common: ContainerEdits) -> str:
