@@ -32,7 +32,8 @@ def validate_spec(doc: Mapping[str, Any]) -> None:
     schema = json.loads((SCHEMA_DIR / "schema.json").read_text())
     defs = json.loads((SCHEMA_DIR / "defs.json").read_text())
     registry = referencing.Registry().with_resource(
-        "defs.json", referencing.Resource.from_contents(defs, default_specification=referencing.jsonschema.DRAFT7)
+        "defs.json",
+        referencing.Resource.from_contents(defs, default_specification=referencing.jsonschema.DRAFT7),
     )
     jsonschema.Draft7Validator(schema, registry=registry).validate(doc)
 
@@ -73,8 +74,12 @@ def host_facts(inventory: Inventory, *, version: str | None = None, **changes: A
     facts: dict[str, Any] = {
         "driver_version": version,
         "libraries": (
-            LibraryFact(f"{LIB_DIR}/libcuda.so.{version}", "libcuda.so.1", frozenset({"libcuda.so.1", "libcuda.so"})),
-            LibraryFact(f"{LIB_DIR}/libnvidia-ml.so.{version}", "libnvidia-ml.so.1", frozenset({"libnvidia-ml.so.1"})),
+            LibraryFact(
+                f"{LIB_DIR}/libcuda.so.{version}", "libcuda.so.1", frozenset({"libcuda.so.1", "libcuda.so"})
+            ),
+            LibraryFact(
+                f"{LIB_DIR}/libnvidia-ml.so.{version}", "libnvidia-ml.so.1", frozenset({"libnvidia-ml.so.1"})
+            ),
         ),
         "library_dirs": (LIB_DIR,),
         "binaries": ("/usr/bin/nvidia-smi",),

@@ -57,7 +57,8 @@ def shared(resources: tuple[Resource, ...], replicas: int, rename: bool) -> Shar
     return Sharing(
         TimeSlicing(
             resources=tuple(
-                ReplicatedResource(r.name, replicas, f"{r.name}.shared" if rename else None) for r in resources
+                ReplicatedResource(r.name, replicas, f"{r.name}.shared" if rename else None)
+                for r in resources
             )
         )
     )
@@ -86,7 +87,9 @@ def test_every_name_allocate_returns_resolves_in_the_spec(layout: str) -> None:
             validate_spec(plan.spec.to_json())
             for ids in ("uuid", "index"):
                 for lists in (("cdi-annotations",), ("cdi-cri",), ("cdi-annotations", "cdi-cri")):
-                    config = base.with_changes(sharing=sharing, device_id_strategy=ids, device_list_strategy=lists)
+                    config = base.with_changes(
+                        sharing=sharing, device_id_strategy=ids, device_list_strategy=lists
+                    )
                     for resource in resources:
                         requests = [[d] for d in resource.devices] + [list(resource.devices)]
                         for devices in requests:
@@ -97,7 +100,9 @@ def test_every_name_allocate_returns_resolves_in_the_spec(layout: str) -> None:
                             assert len(names) == len({d.uuid for d in devices}) * len(lists)
                             for name in names:
                                 entry = plan.spec.resolve(name)
-                                assert entry is not None, f"{layout} {mig_strategy} {ids}: {name} does not resolve"
+                                assert entry is not None, (
+                                    f"{layout} {mig_strategy} {ids}: {name} does not resolve"
+                                )
                                 wanted = next(d for d in devices if name.endswith("=" + getattr(d, ids)))
                                 nodes = {n.path for n in entry.edits.device_nodes}
                                 assert set(wanted.device_nodes) <= nodes
@@ -120,7 +125,9 @@ def test_each_device_is_named_by_uuid_and_by_index_in_name_order() -> None:
     mig = next(d for d in devices.values() if d.uuid.startswith("MIG-"))
     by_uuid, by_index = plan.spec.device(mig.uuid), plan.spec.device(mig.index)
     assert by_uuid is not None and by_index is not None and by_uuid.edits == by_index.edits
-    assert [n.path for n in by_uuid.edits.device_nodes] == sorted(mig.device_nodes, key=lambda p: (p.count("/"), p))
+    assert [n.path for n in by_uuid.edits.device_nodes] == sorted(
+        mig.device_nodes, key=lambda p: (p.count("/"), p)
+    )
 
 
 def test_replicas_and_renamed_resources_share_their_device_names() -> None:
@@ -157,7 +164,11 @@ def test_common_edits_are_nvidias() -> None:
     ipc = ["nosuid", "nodev", "rbind", "rprivate", "noexec"]
     assert common["mounts"] == [
         {"hostPath": "/tmp/nvidia-mps", "containerPath": "/tmp/nvidia-mps", "options": ipc},
-        {"hostPath": "/run/nvidia-persistenced/socket", "containerPath": "/run/nvidia-persistenced/socket", "options": ipc},
+        {
+            "hostPath": "/run/nvidia-persistenced/socket",
+            "containerPath": "/run/nvidia-persistenced/socket",
+            "options": ipc,
+        },
         {"hostPath": "/usr/bin/nvidia-smi", "containerPath": "/usr/bin/nvidia-smi", "options": RO},
         *(
             {"hostPath": p, "containerPath": p, "options": RO}
@@ -187,7 +198,9 @@ def test_common_edits_are_nvidias() -> None:
     ]  # fmt: skip
     assert plan.spec.to_json()["devices"][0] == {
         "name": "0",
-        "containerEdits": {"deviceNodes": [{"path": "/dev/nvidia0", "hostPath": "/dev/nvidia0", "permissions": "rwm"}]},
+        "containerEdits": {
+            "deviceNodes": [{"path": "/dev/nvidia0", "hostPath": "/dev/nvidia0", "permissions": "rwm"}]
+        },
     }
 
 
@@ -228,14 +241,21 @@ def test_roots_map_container_paths_to_the_hosts() -> None:
     inventory = small_inventory(1)
     resources = build_resources(inventory, Config())
     for dev_root in ("/run/nvidia/driver", "/run/nvidia/driver/dev", None):
-        options = CdiOptions(driver_root="/run/nvidia/driver", dev_root=dev_root, container_driver_root="/driver-root")
+        options = CdiOptions(
+            driver_root="/run/nvidia/driver", dev_root=dev_root, container_driver_root="/driver-root"
+        )
         spec = build_spec(inventory, resources, options, host_facts(inventory)).spec
         assert spec is not None
         node = spec.device("0").edits.device_nodes[0]  # type: ignore[union-attr]
         assert (node.path, node.host_path) == ("/dev/nvidia0", "/run/nvidia/driver/dev/nvidia0")
         smi = next(m for m in spec.edits.mounts if m.container_path == "/usr/bin/nvidia-smi")
         assert smi.host_path == "/run/nvidia/driver/usr/bin/nvidia-smi"
-    spec = build_spec(inventory, resources, CdiOptions(driver_root="/run/nvidia/driver", dev_root="/"), host_facts(inventory)).spec
+    spec = build_spec(
+        inventory,
+        resources,
+        CdiOptions(driver_root="/run/nvidia/driver", dev_root="/"),
+        host_facts(inventory),
+    ).spec
     assert spec is not None and spec.device("0").edits.device_nodes[0].host_path == "/dev/nvidia0"  # type: ignore[union-attr]
 
 
@@ -253,7 +273,9 @@ def test_disabled_hooks_are_left_out() -> None:
     resources = build_resources(inventory, Config())
 
     def hooks(*disabled: str) -> list[str]:
-        spec = build_spec(inventory, resources, CdiOptions(disabled_hooks=disabled), host_facts(inventory)).spec
+        spec = build_spec(
+            inventory, resources, CdiOptions(disabled_hooks=disabled), host_facts(inventory)
+        ).spec
         assert spec is not None
         return [h.args[2] for h in spec.edits.hooks]
 
@@ -267,11 +289,15 @@ def test_feature_flags() -> None:
     inventory = small_inventory(1)
     resources = build_resources(inventory, Config())
     facts = host_facts(inventory)
-    no_ipc = build_spec(inventory, resources, CdiOptions(feature_flags=("disable-ipc-discoverer",)), facts).spec
+    no_ipc = build_spec(
+        inventory, resources, CdiOptions(feature_flags=("disable-ipc-discoverer",)), facts
+    ).spec
     assert no_ipc is not None and all("socket" not in m.container_path for m in no_ipc.edits.mounts)
     plan = build_spec(inventory, resources, CdiOptions(feature_flags=("enable-coherent-annotations",)), facts)
     assert plan.warnings == ("CDI feature flag 'enable-coherent-annotations' has no effect in nvplugin",)
-    with pytest.raises(CdiOptionsError, match="unknown CDI feature flag 'enable-everything'; expected any of "):
+    with pytest.raises(
+        CdiOptionsError, match="unknown CDI feature flag 'enable-everything'; expected any of "
+    ):
         CdiOptions(feature_flags=("enable-everything",))
     with pytest.raises(CdiOptionsError, match="unknown CDI hook 'chmodd'"):
         CdiOptions(disabled_hooks=("chmodd",))
@@ -305,7 +331,10 @@ def test_group_only_nodes_add_their_group_to_the_container() -> None:
 def test_missing_device_nodes_are_written_and_reported_once() -> None:
     inventory = small_inventory(3)
     facts = host_facts(inventory)
-    facts = replace(facts, device_nodes=tuple(n for n in facts.device_nodes if n.path not in ("/dev/nvidia1", "/dev/nvidia2")))
+    facts = replace(
+        facts,
+        device_nodes=tuple(n for n in facts.device_nodes if n.path not in ("/dev/nvidia1", "/dev/nvidia2")),
+    )
     plan = build_spec(inventory, build_resources(inventory, Config()), CdiOptions(), facts)
     assert plan.spec is not None
     assert [n.path for n in plan.spec.device("1").edits.device_nodes] == ["/dev/nvidia1"]  # type: ignore[union-attr]
@@ -324,17 +353,35 @@ def test_full_gpus_get_their_drm_nodes_and_by_path_links_mig_devices_do_not() ->
     )  # fmt: skip
     facts = host_facts(inventory, drm=drm)
     # renderD128 is not on the host: neither it nor its link is given.
-    facts = replace(facts, device_nodes=(*facts.device_nodes, NodeFact("/dev/dri/card1", CHAR_DEVICE_RW, 0), NodeFact("/dev/dri/card2", CHAR_DEVICE_RW, 0)))
-    spec = build_spec(inventory, build_resources(inventory, Config(mig_strategy="mixed")), CdiOptions(), facts).spec
+    facts = replace(
+        facts,
+        device_nodes=(
+            *facts.device_nodes,
+            NodeFact("/dev/dri/card1", CHAR_DEVICE_RW, 0),
+            NodeFact("/dev/dri/card2", CHAR_DEVICE_RW, 0),
+        ),
+    )
+    spec = build_spec(
+        inventory, build_resources(inventory, Config(mig_strategy="mixed")), CdiOptions(), facts
+    ).spec
     assert spec is not None
     gpu = spec.device(full.uuid)
     assert gpu is not None
     assert [n.path for n in gpu.edits.device_nodes] == [full.device_node, "/dev/dri/card1"]
     (hook,) = gpu.edits.hooks
-    assert hook.args == ("nvidia-ctk", "hook", "create-symlinks", "--link", f"../card1::/dev/dri/by-path/pci-{bus}-card")
+    assert hook.args == (
+        "nvidia-ctk",
+        "hook",
+        "create-symlinks",
+        "--link",
+        f"../card1::/dev/dri/by-path/pci-{bus}-card",
+    )
     mig = spec.device(mig_gpu.mig_devices[0].uuid)
     assert mig is not None and mig.edits.hooks == ()
-    assert [n.path for n in mig.edits.device_nodes] == [mig_gpu.device_node, *mig_gpu.mig_devices[0].device_nodes[1:]]
+    assert [n.path for n in mig.edits.device_nodes] == [
+        mig_gpu.device_node,
+        *mig_gpu.mig_devices[0].device_nodes[1:],
+    ]
 
 
 def test_no_devices_no_spec() -> None:
@@ -345,7 +392,9 @@ def test_no_devices_no_spec() -> None:
 
 def test_resolve_needs_the_kind() -> None:
     inventory = small_inventory(1)
-    spec = build_spec(inventory, build_resources(inventory, Config()), CdiOptions(), host_facts(inventory)).spec
+    spec = build_spec(
+        inventory, build_resources(inventory, Config()), CdiOptions(), host_facts(inventory)
+    ).spec
     assert spec is not None
     assert spec.resolve("k8s.device-plugin.nvidia.com/gpu=GPU-0") is spec.device("GPU-0") is not None
     assert spec.resolve("nvidia.com/gpu=GPU-0") is None

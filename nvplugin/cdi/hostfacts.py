@@ -65,6 +65,7 @@ class DriverRoot:
     def __init__(self, root: str) -> None:
         self.root = root
         self._ld_cache: list[list[str]] | None = None
+        # Why the ld cache could not be used, when it was needed.
         self.problems: list[str] = []
 
     def host(self, path: str) -> str:
@@ -151,7 +152,7 @@ class DriverRoot:
                     entries = parse_ld_cache(f.read())
             except (OSError, LdCacheError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                self.problems.append(f"cannot read the ld cache {self.host(LD_CACHE)}: {reason}")
+                self.problems.append(f"it cannot be read: {reason}")
                 return self._ld_cache
             paths = dict.fromkeys(e.path for e in entries if e.bits == 64)
             self._ld_cache = [self._link_chain(p) for p in paths]
@@ -193,9 +194,10 @@ def find_host_facts(inventory: Inventory, options: CdiOptions, *, sysfs_root: st
     if not versioned:
         raise DriverNotFoundError(
             f"no NVIDIA driver libraries (lib*.so.{version or '<version>'}) under {root.root}: "
-            f"looked in {', '.join(LIBRARY_DIRS)} and the ld cache {root.host(LD_CACHE)}; "
-            "the driver root must be visible to nvplugin (set the container driver root to where "
-            "the host's driver root is mounted)"
+            f"looked in {', '.join(LIBRARY_DIRS)} and the ld cache {root.host(LD_CACHE)}"
+            + "".join(f" ({p})" for p in root.problems)
+            + "; the driver root must be visible to nvplugin (set the container driver root to "
+            "where the host's driver root is mounted)"
         )
     library_dirs = list(dict.fromkeys(posixpath.dirname(p) for p in versioned))
     libraries = root.locate_in(
@@ -241,7 +243,6 @@ def find_host_facts(inventory: Inventory, options: CdiOptions, *, sysfs_root: st
         ipc_dirs=tuple(ipc_dirs),
         device_nodes=tuple(_present_nodes(dev, list(dict.fromkeys(nodes)))),
         drm=tuple(d for d in drm if d.nodes),
-        problems=tuple(root.problems),
     )
 
 

@@ -219,8 +219,6 @@ class HostFacts:
     # Every NVIDIA character device present: control nodes, GPU and MIG nodes, DRM nodes.
     device_nodes: tuple[NodeFact, ...] = ()
     drm: tuple[DrmFact, ...] = ()
-    # What could not be read (the ld cache, ...); passed on as warnings.
-    problems: tuple[str, ...] = ()
 
 
 def soname_link_names(file_name: str, soname: str | None) -> tuple[str, ...]:
@@ -369,7 +367,7 @@ def build_spec(
     inventory: Inventory, resources: Sequence[Resource], options: CdiOptions, facts: HostFacts
 ) -> SpecPlan:
     """The CDI spec naming every advertised device by UUID and by index."""
-    warnings = [*facts.problems] + [
+    warnings = [
         f"CDI feature flag {flag!r} has no effect in nvplugin"
         for flag in options.feature_flags
         if flag in IGNORED_FEATURE_FLAGS
