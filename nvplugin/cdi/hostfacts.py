@@ -1,9 +1,12 @@
 """Finding the host facts a CDI spec needs, under the driver root: blocking file-system reads.
 
 Follows nvidia-container-toolkit v1.20.0's lookups (pkg/lookup, internal/lookup/root,
-pkg/nvcdi/driver-nvml.go) with one difference: symlinks are resolved inside the driver root
-(an absolute link target means <root>/target), so a driver root mounted at /driver-root never
-sends a lookup to this container's own /usr/lib.
+pkg/nvcdi/driver-nvml.go), with these differences:
+- symlinks are resolved inside the driver root (an absolute link target means <root>/target),
+  so a driver root mounted at /driver-root never sends a lookup to this container's /usr/lib;
+- binaries are looked up in the standard bin directories under the driver root only (nvcdi
+  also searches this process's PATH, outside the root);
+- a device node may be a symlink to a character device (nvcdi's lstat wants the node itself).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Differences from NVIDIA's kept on purpose (each says why where it is made):
   (nvcdi's file locator skips directories, so NVIDIA's spec never has it);
 - graphics files (EGL/Vulkan/X.org configs and modules) are not looked up.
 
-The shell (nvplugin/cdi.py) finds the host facts and writes the file.
+The shell (nvplugin/cdi/) finds the host facts and writes the file.
 """
 
 from __future__ import annotations
@@ -120,9 +120,9 @@ READ_ONLY_MOUNT = ("ro", "nosuid", "nodev", "rbind", "rprivate")
 IPC_MOUNT = ("nosuid", "nodev", "rbind", "rprivate", "noexec")
 DEVICE_PERMISSIONS = "rwm"
 HOOK_STAGE = "createContainer"
+HOOK_ENV = ("NVIDIA_CTK_DEBUG=false",)
 # Hooks whose arguments are paths, each given after this flag.
 _PATH_FLAGS = {HOOK_CREATE_SYMLINKS: "--link", HOOK_UPDATE_LDCACHE: "--folder"}
-HOOK_ENV = ("NVIDIA_CTK_DEBUG=false",)
 
 
 class CdiOptionsError(ValueError):
