@@ -121,6 +121,7 @@ def test_ld_cache_reads_what_glibcs_ldconfig_writes(tmp_path: Path, fmt: str) ->
     (tmp_path / "etc/ld.so.conf").write_text("/usr/lib/nvidia\n")
     subprocess.run(["ldconfig", "-r", str(tmp_path), "-c", fmt], check=True, capture_output=True)
     cache = tmp_path / "etc/ld.so.cache"
+    assert cache.read_bytes().startswith(b"ld.so-1.7.0\0" if fmt == "compat" else b"glibc-ld.so.cache")
     entries = parse_ld_cache(cache.read_bytes())
     assert [(e.name, e.path) for e in entries if e.bits == 64] == _ldconfig_print(cache)
     assert ("libc.so.6", "/usr/lib/nvidia/libc.so.6") in [(e.name, e.path) for e in entries]
