@@ -22,6 +22,7 @@ LAYERS = {
     "nvplugin.nvml": 1,
     "nvplugin.configload": 1,
     "nvplugin.devicenodes": 1,
+    "nvplugin.cdi": 1,
     "nvplugin.logs": 1,
     "nvplugin.state": 2,
     "nvplugin.observability": 2,
