@@ -73,6 +73,7 @@ TOOL_COMMANDS = {
         "nvplugin.commands.inject_xid",
         "inject an XID or fault into a running agent on fake GPUs",
     ),
+    "doctor": ("nvplugin.commands.doctor", "check this node's driver, runtime, kubelet and cluster setup"),
 }
 
 
