@@ -412,6 +412,22 @@ def test_invalid_toml_is_reported_with_the_file(host: Path) -> None:
     assert any(d.startswith("containerd: /etc/containerd/x.toml: not valid TOML") for d in result.details)
 
 
+def test_malformed_containerd_values_are_named_not_fatal(host: Path) -> None:
+    write(
+        host,
+        "/etc/containerd/config.toml",
+        'version = "two"\n[plugins.cri.containerd]\nruntimes = "nvidia"\n',
+    )
+    facts = containerd(host)
+    assert facts.version == 1 and facts.runtimes == {}
+    result = check_container_runtime([facts], talos=False)
+    assert result.status == FAIL
+    assert (
+        "containerd: /etc/containerd/config.toml: version = 'two' is not a containerd config version (1, 2 or 3)"
+        in result.details
+    )
+
+
 def test_crio_drop_in_with_the_nvidia_runtime(host: Path) -> None:
     write(host, "/etc/crio/crio.conf", '[crio.runtime]\ndefault_runtime = "crun"\n')
     write(

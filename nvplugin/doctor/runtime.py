@@ -136,6 +136,20 @@ def _get(tree: Mapping[str, Any], *keys: str) -> Any:
     return tree
 
 
+def _table(tree: Mapping[str, Any], *keys: str) -> Mapping[str, Any]:
+    """The table at `keys`; {} when absent or not a table (a malformed file hides nothing else)."""
+    found = _get(tree, *keys)
+    return found if isinstance(found, Mapping) else {}
+
+
+def _version(data: Mapping[str, Any], default: int, path: str, problems: list[str]) -> int:
+    raw = data.get("version", default)
+    if isinstance(raw, int) and raw in CRI_PLUGIN:
+        return raw
+    problems.append(f"{path}: version = {raw!r} is not a containerd config version (1, 2 or 3)")
+    return default
+
+
 def read_containerd(host: HostFs) -> RuntimeFacts | None:
     """The first containerd config found, with its imports; None when there is none."""
     main = next((p for p in CONTAINERD_CONFIGS if host.file_kind(p) == "file"), None)
@@ -144,7 +158,7 @@ def read_containerd(host: HostFs) -> RuntimeFacts | None:
         return None
     problems: list[str] = []
     config = (_load_toml(host, main, problems) if main else None) or {}
-    version = int(config.get("version", 3 if main is None else 1))
+    version = _version(config, 3 if main is None else 1, main or "", problems)
     imports = config.get("imports")
     if main is None:
         # No main file: containerd 2.2+ imports /etc/containerd/conf.d/*.toml by default.
@@ -159,12 +173,12 @@ def read_containerd(host: HostFs) -> RuntimeFacts | None:
         data = _load_toml(host, path, problems)
         if data is not None:
             files.append(path)
-            version = max(version, int(data.get("version", version)))
+            version = max(version, _version(data, version, path, problems))
             config = merge_import(config, data, version)
-    cri = _get(config, "plugins", CRI_PLUGIN.get(version, CRI_PLUGIN[2])) or {}
+    cri = _table(config, "plugins", CRI_PLUGIN[version])
     runtimes = {
         str(name): str(_get(spec, "options", "BinaryName") or _get(spec, "options", "Runtime") or "")
-        for name, spec in (_get(cri, "containerd", "runtimes") or {}).items()
+        for name, spec in _table(cri, "containerd", "runtimes").items()
     }
     dirs = cri.get("cdi_spec_dirs")
     return RuntimeFacts(
@@ -192,10 +206,8 @@ def read_crio(host: HostFs) -> RuntimeFacts | None:
         data = _load_toml(host, path, problems)
         if data is not None:
             config = deep_merge(config, data)
-    runtime = _get(config, "crio", "runtime") or {}
-    runtimes = {
-        str(n): str((s or {}).get("runtime_path", "")) for n, s in (runtime.get("runtimes") or {}).items()
-    }
+    runtime = _table(config, "crio", "runtime")
+    runtimes = {str(n): str(_get(s, "runtime_path") or "") for n, s in _table(runtime, "runtimes").items()}
     dirs = runtime.get("cdi_spec_dirs")
     return RuntimeFacts(
         engine="cri-o",
@@ -352,7 +364,7 @@ def check_cdi(
     )
     containerd_off = [e for e in engines if e.engine == "containerd" and not e.cdi_enabled]
     if containerd_off:
-        table = CRI_PLUGIN.get(containerd_off[0].version, CRI_PLUGIN[2])
+        table = CRI_PLUGIN[containerd_off[0].version]
         return CheckResult(
             name,
             FAIL,
