@@ -716,6 +716,23 @@ async def test_no_plugin_and_an_unready_agent_fail(host: Path) -> None:
     assert result.summary == "the agent is running but not ready: not ok: nvidia.com/gpu not registered"
 
 
+async def test_an_agent_without_gpus_is_ready_without_a_socket(host: Path) -> None:
+    # The all-nodes deployment on a GPU-less node: nothing registered, /readyz says why that is fine.
+    server = MetricsServer(
+        ListenAddress("127.0.0.1", 0),
+        Metrics(),
+        readiness=lambda: (True, "no GPUs on this node: nothing to register"),
+    )
+    async with KubeletSimulator(host / PLUGIN_DIR.lstrip("/")), anyio.create_task_group() as tg:
+        port = await tg.start(server.serve)
+        config = Config(kubelet_socket=KUBELET_SOCKET, metrics_address=ListenAddress("127.0.0.1", port))
+        facts = await read_registration(HostFs(str(host)), config, 2.0)
+        tg.cancel_scope.cancel()
+    result = check_registration(facts, None)
+    assert result.status == PASS
+    assert result.summary == "the agent is ready: ok: no GPUs on this node: nothing to register"
+
+
 # --------------------------------------------------------------------------- the API server's view
 
 

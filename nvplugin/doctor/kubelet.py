@@ -241,8 +241,12 @@ def check_registration(facts: RegistrationFacts, node_name: str | None) -> Check
             WARN,
             f"{len(live)} nvplugin socket(s) answer, {len(stale)} stale one(s) do not",
             tuple(details),
-            "stale sockets are left by a killed agent and are harmless; the kubelet removes them when "
-            "it restarts",
+            "stale sockets are left by a killed agent and are harmless: the agent removes its own at "
+            "start, the kubelet every socket when it restarts",
         )
-    served = ", ".join(f"{p.devices} device(s) on {p.name}" for p in live) or "ready"
+    if not live:
+        # Ready without a socket: the agent found no devices and, as NVIDIA's plugin, registers none.
+        assert ready is not None
+        return CheckResult(name, PASS, f"the agent is ready: {ready.body}", tuple(details))
+    served = ", ".join(f"{p.devices} device(s) on {p.name}" for p in live)
     return CheckResult(name, PASS, f"nvplugin is registered: {served}", tuple(details))
