@@ -931,3 +931,26 @@ def test_cli_usage_errors(host: Path, capsys: pytest.CaptureFixture[str]) -> Non
         ["doctor", "--fake-gpus", str(host / "no-layout.yaml"), "--host-root", str(host)], capsys
     )
     assert code == 2 and "no-layout.yaml" in err
+
+
+# --------------------------------------------------------------------------- on a real GPU
+
+
+@pytest.mark.nvml
+def test_on_a_real_gpu_the_driver_side_passes() -> None:
+    """The GPU machine (`pytest -m nvml`): NVML, kernel modules and device nodes as the node has them."""
+    nvml = read_nvml(Config())
+    if nvml.inventory is None:
+        pytest.skip(f"no real NVML here: {nvml.error}")
+    host = HostFs("/")
+    results = [
+        check_nvml(nvml),
+        check_kernel_modules(read_modules(host), nvml, talos=False),
+        check_device_nodes(read_device_nodes(host, Config(), wanted_device_nodes(nvml.inventory)), nvml),
+    ]
+    for result in results:
+        print(result)
+    assert results[0].status == PASS and len(nvml.inventory.gpus) >= 1
+    # Modules may be unreadable in a container (warn); a mismatch or a missing node is a failure.
+    assert results[1].status in (PASS, WARN)
+    assert results[2].status in (PASS, WARN)
