@@ -77,6 +77,7 @@ TOOL_COMMANDS = {
         "nvplugin.commands.kubelet",
         "run a stand-in kubelet for local work: agents register with it, it tells what it sees",
     ),
+    "doctor": ("nvplugin.commands.doctor", "check this node's driver, runtime, kubelet and cluster setup"),
 }
 
 

@@ -34,6 +34,8 @@ LAYERS = {
     "nvplugin.k8s": 3,
     "nvplugin.agent": 4,
     "nvplugin.nodelabels": 4,
+    # `nvplugin doctor`'s checks: read NVML, the config and the API server, wire nothing.
+    "nvplugin.doctor": 4,
     "nvplugin.simulate": 5,
     "nvplugin.commands": 5,
     "nvplugin.cli": 5,

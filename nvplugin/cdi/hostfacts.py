@@ -38,7 +38,7 @@ from nvplugin.core.cdi import (
     soname_link_names,
 )
 from nvplugin.core.inventory import Inventory
-from nvplugin.nvml.real import _sysfs_bus_id
+from nvplugin.nvml.base import normalize_bus_id
 
 LD_CACHE = "/etc/ld.so.cache"
 # Where nvcdi's library locator looks before it asks the ld cache (pkg/lookup/library.go).
@@ -307,7 +307,7 @@ def _present_nodes(dev: DriverRoot, paths: Sequence[str]) -> list[NodeFact]:
 
 def _drm_facts(dev: DriverRoot, sysfs_root: str, gpu_uuid: str, pci_bus_id: str) -> DrmFact:
     """The GPU's /dev/dri nodes as sysfs lists them, and its /dev/dri/by-path links."""
-    bus_id = _sysfs_bus_id(pci_bus_id)
+    bus_id = normalize_bus_id(pci_bus_id)
     try:
         names = sorted(os.listdir(os.path.join(sysfs_root, "bus/pci/devices", bus_id, "drm")))
     except OSError:

@@ -135,6 +135,23 @@ class NodeApi:
         items = body.get("items") or []
         return (items[0] if items else None), str(body.get("metadata", {}).get("resourceVersion", ""))
 
+    async def get_runtime_class(self, name: str) -> dict[str, Any] | None:
+        """The RuntimeClass (node.k8s.io/v1), None when it does not exist."""
+        from kubernetes_asyncio import client
+
+        try:
+            result: dict[str, Any] = await self._json(
+                "get runtimeclass",
+                client.NodeV1Api(self._api_client).read_runtime_class,
+                name,
+                _request_timeout=self.request_timeout,
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
     async def watch_node(
         self, name: str, resource_version: str, timeout_seconds: int, read_timeout: float
     ) -> AsyncGenerator[dict[str, Any], None]:

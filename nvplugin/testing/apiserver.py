@@ -4,7 +4,8 @@ Not a mock: a real HTTP server on a real socket, with the API server's semantics
 implements (docs/apiserver.md lists exactly what that is): Nodes (get, list and watch with a
 metadata.name field selector, resourceVersion, bookmarks, 410 Gone for a compacted
 resourceVersion, JSON merge patch, strategic merge patch for maps, JSON patch, optimistic
-concurrency) and Events (create, patch, list). Faults can be injected per verb (status codes,
+concurrency) and Events (create, patch, list), plus RuntimeClasses (get, list) for
+`nvplugin doctor`. Faults can be injected per verb (status codes,
 Retry-After, delays), and every request is counted per node and verb.
 
 Tests, benchmarks and `nvplugin simulate` use it; it never listens on anything but the address
@@ -37,7 +38,17 @@ _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9\-_.]*[A-Za-z0-9])?)?$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-_.]*[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9\-.]*[a-z0-9])?$")
 
-VERBS = ("get", "list", "watch", "patch", "create-event", "patch-event", "list-events")
+VERBS = (
+    "get",
+    "list",
+    "watch",
+    "patch",
+    "create-event",
+    "patch-event",
+    "list-events",
+    "get-runtimeclass",
+    "list-runtimeclasses",
+)
 
 
 @dataclass
@@ -223,6 +234,7 @@ class FakeApiServer:
         self.default_watch_timeout = default_watch_timeout
         self.nodes: dict[str, dict[str, Any]] = {}
         self.events: dict[tuple[str, str], dict[str, Any]] = {}
+        self.runtime_classes: dict[str, dict[str, Any]] = {}
         self._rv = itertools.count(1)
         self.resource_version = 0
         # (rv, type, node name, object) of every change, oldest first.
@@ -251,6 +263,8 @@ class FakeApiServer:
         app.router.add_post("/api/v1/namespaces/{ns}/events", self._create_event)
         app.router.add_get("/api/v1/namespaces/{ns}/events", self._list_events)
         app.router.add_patch("/api/v1/namespaces/{ns}/events/{name}", self._patch_event)
+        app.router.add_get("/apis/node.k8s.io/v1/runtimeclasses", self._list_runtime_classes)
+        app.router.add_get("/apis/node.k8s.io/v1/runtimeclasses/{name}", self._get_runtime_class)
         app.router.add_get("/version", self._version)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -323,6 +337,32 @@ class FakeApiServer:
         node = copy.deepcopy(node)
         node["metadata"]["resourceVersion"] = str(rv)
         self._record(rv, "DELETED", name, node)
+
+    def set_resources(
+        self, name: str, capacity: Mapping[str, str], allocatable: Mapping[str, str] | None = None
+    ) -> None:
+        """The kubelet reports the node's capacity and allocatable (allocatable defaults to the
+        capacity): a status update, seen by watches like any other change."""
+        node = copy.deepcopy(self.nodes[name])
+        node["status"]["capacity"] = dict(capacity)
+        node["status"]["allocatable"] = dict(capacity if allocatable is None else allocatable)
+        self._replace(name, node)
+
+    def add_runtime_class(self, name: str, handler: str) -> dict[str, Any]:
+        """A RuntimeClass (node.k8s.io/v1, cluster-scoped)."""
+        runtime_class = {
+            "kind": "RuntimeClass",
+            "apiVersion": "node.k8s.io/v1",
+            "metadata": {
+                "name": name,
+                "uid": str(uuidlib.uuid4()),
+                "resourceVersion": str(next(self._rv)),
+                "creationTimestamp": _now(),
+            },
+            "handler": handler,
+        }
+        self.runtime_classes[name] = runtime_class
+        return copy.deepcopy(runtime_class)
 
     def node(self, name: str) -> dict[str, Any]:
         return copy.deepcopy(self.nodes[name])
@@ -433,6 +473,30 @@ class FakeApiServer:
         return match.group(1)
 
     # --- handlers
+
+    async def _get_runtime_class(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            await self._gate(request, "get-runtimeclass", "*")
+            if name not in self.runtime_classes:
+                raise ApiServerError(404, f'runtimeclasses.node.k8s.io "{name}" not found')
+        except ApiServerError as exc:
+            return exc.response()
+        return web.json_response(self.runtime_classes[name])
+
+    async def _list_runtime_classes(self, request: web.Request) -> web.Response:
+        try:
+            await self._gate(request, "list-runtimeclasses", "*")
+        except ApiServerError as exc:
+            return exc.response()
+        return web.json_response(
+            {
+                "kind": "RuntimeClassList",
+                "apiVersion": "node.k8s.io/v1",
+                "metadata": {"resourceVersion": str(self.resource_version)},
+                "items": list(self.runtime_classes.values()),
+            }
+        )
 
     async def _version(self, request: web.Request) -> web.Response:
         return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-nvplugin-test"})
