@@ -96,12 +96,10 @@ async def run_node_labels(agent: Agent) -> None:
         config_dir=config.config_dir,
         on_config_change=switch_config if config.config_dir and agent.config_source else None,
         default_config=config.default_config,
+        # the CLI chose the start-up config (NodeConfigSwitcher.initial()) and loaded that file
+        initial_config=Path(config.config_file).name if config.config_file else None,
+        metrics=agent.metrics,
     )
-    if node.config_switcher is not None:
-        node.config_switcher.initial()  # the CLI started with the same choice
-    node.labels.on_write = agent.metrics.label_write
-    node.labels.on_api_error = lambda what: agent.metrics.api_error(what.replace(" ", "_"))
-    node.events.on_write = agent.metrics.event_write
 
     def publish(transition: HealthTransition) -> None:
         node.publish_health_event(transition.uuid, transition.xid, transition.reason, transition.healthy)
