@@ -208,11 +208,16 @@ async def test_429_honours_retry_after(api: FakeApiServer, tmp_path: Path) -> No
 async def test_500_and_409_are_retried(api: FakeApiServer, tmp_path: Path) -> None:
     api.inject(Fault("list", 500, times=2, node=NODE))
     api.inject(Fault("patch", 409, times=1, node=NODE))
-    async with reconciling(api, tmp_path) as rec:
+    metrics = Metrics()
+    async with reconciling(api, tmp_path, metrics=metrics) as rec:
         await synced(rec)
         assert api.count("list", NODE) == 3
         assert api.count("patch", NODE) == 2
         assert rec.stats.failed_patches == 1
+        assert metrics.value("api_errors", "list_node") == 2
+        assert metrics.value("api_retries", "list_node", "server_error") == 2
+        assert metrics.value("api_retries", "patch_node", "conflict") == 1
+        assert metrics.value("label_writes") == 1
 
 
 @pytest.mark.anyio
@@ -330,3 +335,101 @@ async def test_429_on_the_list_waits_for_retry_after(api: FakeApiServer, tmp_pat
         assert time.monotonic() - started >= 1.0
         assert api.count("list", NODE) == 2
         assert rec.stats.throttled == 1
+
+
+@pytest.mark.anyio
+async def test_kept_keys_are_left_as_the_node_has_them(api: FakeApiServer, tmp_path: Path) -> None:
+    present = "nvidia.com/gpu.present"
+    async with reconciling(api, tmp_path) as rec:
+        await synced(rec)
+        # NVML is lost: the labels computed now do not know whether GPUs are present
+        unknown = {k: v for k, v in DESIRED.items() if k != present}
+        rec.set_desired({**unknown, "nvidia.com/gpu.count": "0"}, keep={present})
+        await eventually(lambda: api.labels(NODE).get("nvidia.com/gpu.count") == "0")
+        await synced(rec)
+        assert api.labels(NODE)[present] == "true"  # an owned key, not desired, yet not deleted
+        # a value given for a kept key is not written either
+        rec.set_desired({**DESIRED, present: "false"}, keep={present})
+        await synced(rec)
+        assert api.labels(NODE)[present] == "true"
+        # nor is a kept key re-added when someone removes it
+        api.set_labels(NODE, {present: None})
+        await eventually(lambda: present not in (rec.actual or {}))
+        await synced(rec)
+        assert present not in api.labels(NODE)
+        # known again: written as desired
+        rec.set_desired(DESIRED)
+        await eventually(lambda: api.labels(NODE).get(present) == "true")
+        # and an owned key no longer desired nor kept is deleted
+        rec.set_desired(unknown)
+        await eventually(lambda: present not in api.labels(NODE))
+
+
+@pytest.mark.anyio
+async def test_repeated_410_backs_off(api: FakeApiServer, tmp_path: Path) -> None:
+    metrics = Metrics()
+    retry = RetryPolicy(backoff=Backoff(base=0.1, cap=0.4))
+    async with reconciling(api, tmp_path, retry=retry, metrics=metrics) as rec:
+        await synced(rec)
+        await eventually(lambda: api.open_watches(NODE) == 1)
+        # every watch from now on expires at once (as after a compaction storm)
+        api.inject(Fault("watch", node=NODE, action="expire", times=None))
+        began = time.monotonic()
+        await api.stop()  # the open watch drops
+        await api.start()
+        await eventually(lambda: rec.stats.relists_410 >= 6, 10)
+        elapsed = time.monotonic() - began
+        # list + watch per attempt, at most the backoff allows (first relist at once)
+        assert api.requests_since(began, NODE) <= 2 * (retry.backoff.attempts_within(elapsed) + 1)
+        assert metrics.value("api_retries", "watch_node", "expired") >= 6
+        api.clear_faults()
+        api.set_labels(NODE, {"nvidia.com/gpu.family": "tampered"})
+        await eventually(lambda: api.labels(NODE).get("nvidia.com/gpu.family") == "hopper", 10)
+
+
+@pytest.mark.anyio
+async def test_watch_that_ends_at_once_is_not_a_hot_loop(api: FakeApiServer, tmp_path: Path) -> None:
+    metrics = Metrics()
+    retry = RetryPolicy(backoff=Backoff(base=0.1, cap=0.4))
+    api.inject(Fault("watch", node=NODE, action="end", times=None))
+    async with reconciling(api, tmp_path, retry=retry, metrics=metrics) as rec:
+        began = time.monotonic()
+        await synced(rec)
+        await eventually(lambda: metrics.value("api_retries", "watch_node", "watch_ended") >= 4)
+        elapsed = time.monotonic() - began
+        assert api.count("watch", NODE) <= retry.backoff.attempts_within(elapsed)
+        assert api.count("list", NODE) == 1  # the resource version stays good: no relist
+        api.clear_faults()
+        await eventually(lambda: api.open_watches(NODE) == 1, 10)
+
+
+@pytest.mark.anyio
+async def test_hung_watch_times_out_and_retries(api: FakeApiServer, tmp_path: Path) -> None:
+    metrics = Metrics()
+    api.inject(Fault("watch", node=NODE, action="hang"))
+    async with reconciling(api, tmp_path, request_timeout=0.3, metrics=metrics) as rec:
+        await synced(rec)
+        await eventually(lambda: api.open_watches(NODE) == 1)
+        assert metrics.value("api_retries", "watch_node", "timeout") == 1
+        assert "TimeoutError" in (rec.stats.last_error or "")
+
+
+@pytest.mark.anyio
+async def test_patch_accepted_but_not_applied_backs_off(api: FakeApiServer, tmp_path: Path) -> None:
+    product = "nvidia.com/gpu.product"
+
+    def webhook(node: dict[str, Any]) -> None:  # rewrites our label on every patch
+        node["metadata"]["labels"][product] = "rewritten"
+
+    api.admission = webhook
+    metrics = Metrics()
+    retry = RetryPolicy(backoff=Backoff(base=0.1, cap=0.4))
+    async with reconciling(api, tmp_path, retry=retry, metrics=metrics) as rec:
+        began = time.monotonic()
+        await eventually(lambda: metrics.value("api_retries", "patch_node", "not_applied") >= 4)
+        elapsed = time.monotonic() - began
+        assert api.count("patch", NODE) <= retry.backoff.attempts_within(elapsed) + 1
+        assert "not applied: nvidia.com/gpu.product" in (rec.stats.last_error or "")
+        api.admission = None
+        await synced(rec, 10)
+        assert api.labels(NODE)[product] == DESIRED[product]

@@ -24,7 +24,7 @@ import re
 import time
 import uuid as uuidlib
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,6 +244,9 @@ class FakeApiServer:
         self._compacted = 0
         self._watchers: dict[str | None, set[_Watcher]] = {}
         self.faults: list[Fault] = []
+        # A mutating admission step for clients' Node patches (not set_labels): called with the
+        # patched Node before it is stored, may change it (a webhook that rewrites labels).
+        self.admission: Callable[[dict[str, Any]], None] | None = None
         self.requests: Counter[tuple[str, str]] = Counter()
         # (time.monotonic(), node, verb) of the latest requests, faults included.
         self.request_log: deque[tuple[float, str, str]] = deque(maxlen=100_000)
@@ -427,7 +430,7 @@ class FakeApiServer:
         self._record(rv, "MODIFIED", name, node)
         return True
 
-    def _update(self, name: str, patch: Any, apply: Any) -> dict[str, Any]:
+    def _update(self, name: str, patch: Any, apply: Any, *, admit: bool = False) -> dict[str, Any]:
         old = self.nodes[name]
         sent_rv = patch.get("metadata", {}).get("resourceVersion") if isinstance(patch, dict) else None
         if sent_rv is not None and sent_rv != old["metadata"]["resourceVersion"]:
@@ -441,6 +444,8 @@ class FakeApiServer:
             raise ApiServerError(422, "the patch removed the object's metadata")
         if new["metadata"].get("name") != name or new["metadata"].get("uid") != old["metadata"]["uid"]:
             raise ApiServerError(422, "metadata.name and metadata.uid cannot be changed")
+        if admit and self.admission is not None:
+            self.admission(new)
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         self._replace(name, new)
         return self.nodes[name]
@@ -656,7 +661,7 @@ class FakeApiServer:
             if name not in self.nodes:
                 raise ApiServerError(404, f'nodes "{name}" not found')
             patch, apply = await self._read_patch(request)
-            node = self._update(name, patch, apply)
+            node = self._update(name, patch, apply, admit=True)
         except ApiServerError as exc:
             return exc.response()
         return await self._answer(request, action, node)
