@@ -281,9 +281,7 @@ class FakeApiServer:
 
     async def stop(self) -> None:
         """Stop listening and drop every connection, watches included."""
-        for watchers in self._watchers.values():
-            for w in watchers:
-                w.queue.put_nowait(None)
+        self.end_watches()
         for task in list(self._handlers):
             task.cancel()
         if self._runner is not None:
@@ -395,6 +393,14 @@ class FakeApiServer:
                 first += 1
             peak = max(peak, last - first + 1)
         return peak
+
+    def end_watches(self, name: str | None = None) -> None:
+        """End the open watches of `name` (None: every watch) cleanly, as the API server does
+        at a watch's timeout or when it restarts: the client has to watch again."""
+        for key, watchers in self._watchers.items():
+            if name in (None, key):
+                for watcher in watchers:
+                    watcher.queue.put_nowait(None)
 
     def open_watches(self, name: str | None = None) -> int:
         return len(self._watchers.get(name, ()))
