@@ -25,7 +25,7 @@ import anyio
 
 from nvplugin.core.config import Config
 from nvplugin.core.inventory import Inventory
-from nvplugin.core.labels import Labels, NodeFacts, node_labels
+from nvplugin.core.labels import DesiredLabels, Labels, NodeFacts, desired_labels, node_labels
 from nvplugin.core.resources import Resource
 from nvplugin.nodefacts import read_node_facts
 from nvplugin.nvml.base import Nvml
@@ -67,6 +67,14 @@ def snapshot_labels(snapshot: NodeSnapshot) -> Labels:
     return node_labels(snapshot.inventory, snapshot.resources, snapshot.config, snapshot.facts)
 
 
+def snapshot_desired(snapshot: NodeSnapshot, nvml_ready: bool = True) -> DesiredLabels:
+    """What the agent reconciles the node to: the snapshot's labels, or, when NVML could not be
+    read, the node's GPU labels left as they are (a transient failure never deletes
+    nvidia.com/gpu.present)."""
+    inventory = snapshot.inventory if nvml_ready else None
+    return desired_labels(inventory, snapshot.resources, snapshot.config, snapshot.facts)
+
+
 # --- the agent's task
 
 
@@ -100,12 +108,10 @@ async def run_node_labels(agent: Agent) -> None:
         config_dir=config.config_dir,
         on_config_change=switch_config if config.config_dir and agent.config_source else None,
         default_config=config.default_config,
+        # the CLI chose the start-up config (NodeConfigSwitcher.initial()) and loaded that file
+        initial_config=Path(config.config_file).name if config.config_file else None,
+        metrics=agent.metrics,
     )
-    if node.config_switcher is not None:
-        node.config_switcher.initial()  # the CLI started with the same choice
-    node.labels.on_write = agent.metrics.label_write
-    node.labels.on_api_error = lambda what: agent.metrics.api_error(what.replace(" ", "_"))
-    node.events.on_write = agent.metrics.event_write
 
     def publish(transition: HealthTransition) -> None:
         node.publish_health_event(transition.uuid, transition.xid, transition.reason, transition.healthy)
@@ -119,7 +125,7 @@ async def run_node_labels(agent: Agent) -> None:
         unsubscribe()
 
 
-async def _follow_state(agent: Agent, set_desired: Callable[[Labels], None]) -> None:
+async def _follow_state(agent: Agent, set_desired: Callable[[DesiredLabels], None]) -> None:
     snapshot: NodeSnapshot | None = None
     while True:
         seen = agent.state.version
@@ -131,5 +137,5 @@ async def _follow_state(agent: Agent, set_desired: Callable[[Labels], None]) -> 
             )
         elif snapshot.resources is not resources or snapshot.config is not config:
             snapshot = NodeSnapshot(inventory, resources, config, snapshot.facts)
-        set_desired(snapshot_labels(snapshot))
+        set_desired(snapshot_desired(snapshot, agent.nvml_ready))
         await agent.state.wait_changed(seen)

@@ -162,7 +162,9 @@ async def test_simulate_stops_cleanly_on_sigterm_and_leaves_nothing() -> None:
     assert code == 0, err
     workspace = Path(out.split("embedded kubelet in ", 1)[1].split()[0]).parent
     assert not workspace.exists()
-    hint = next(line for line in (out + rest).splitlines() if "inject-xid" in line).strip()
+    hints = [line.strip() for line in (out + rest).splitlines() if "inject-xid" in line]
+    assert hints, out + rest
+    hint = hints[0]
     assert hint.startswith(f"{sys.executable} -m nvplugin inject-xid --control {workspace}")
 
 

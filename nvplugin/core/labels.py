@@ -593,13 +593,13 @@ def label_diff(
     keep: Callable[[str], bool] = keep_nothing,
 ) -> dict[str, str | None]:
     """The JSON merge patch of metadata.labels that makes `actual` carry `desired`: changed or
-    missing keys with their value, owned keys no longer desired with None (delete) unless
-    `keep` accepts them (DesiredLabels.keep). Keys not owned are never deleted. The timestamp
-    is not compared: it is written (as `timestamp`) only when something else changes or when
-    it is missing, so a steady node sees no writes; with `timestamp` None an existing timestamp
-    label is removed."""
+    missing keys with their value, owned keys no longer desired with None (delete). Keys `keep`
+    accepts (DesiredLabels.keep: their true value is unknown now) are neither changed nor
+    deleted; keys not owned are never deleted. The timestamp is not compared: it is written (as
+    `timestamp`) only when something else changes or when it is missing, so a steady node sees
+    no writes; with `timestamp` None an existing timestamp label is removed."""
     changes: dict[str, str | None] = {
-        k: v for k, v in desired.items() if k != TIMESTAMP_LABEL and actual.get(k) != v
+        k: v for k, v in desired.items() if k != TIMESTAMP_LABEL and actual.get(k) != v and not keep(k)
     }
     for key in actual:
         if key not in desired and key != TIMESTAMP_LABEL and owned(key) and not keep(key):
