@@ -195,6 +195,10 @@ class KubeletSide:
             try:
                 while True:
                     self._restart = anyio.Event()
+                    if not any(r.devices for r in self._state.resources):
+                        # Nothing to register: as ready as this node gets (labels need not wait).
+                        self.first_attempt.set()
+                        self.registered_once.set()
                     await self._wait_for_kubelet_socket()
                     await self._one_generation()
             finally:
