@@ -75,7 +75,7 @@ KUBELET_SOCKET = "kubelet.sock"
 CHECKPOINT = "kubelet_internal_checkpoint"
 NODE_NAME = "sidebyside-node"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-LOG_TAIL = 400
+LOG_TAIL = 300  # characters of each of a log's last two lines, in failure rows
 STREAM_OPEN = "still open 1 s after the exit"
 
 # A kubelet's client options, except the reconnect backoff: grpc's 1 s initial backoff would
@@ -481,7 +481,7 @@ class Process:
             lines = self.log.read_text(errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return " | ".join(lines[-3:])[-LOG_TAIL:] + f" (log: {self.log.name})"
+        return " | ".join(line[:LOG_TAIL] for line in lines[-2:]) + f" (log: {self.log.name})"
 
 
 def descends_from(pid: int | None, ancestor: int) -> bool:
@@ -957,10 +957,13 @@ def rotated(items: Sequence[Command], by: int) -> list[Command]:
     return [*items[by:], *items[:by]]
 
 
-def run_all(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+def measure_all(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    """Every measurement, raw; on an interrupt (SIGINT: `timeout -s INT`), what was measured so far."""
     plugins: list[Command] = args.plugin
     runs: dict[str, list[dict[str, Any]]] = {c.name: [] for c in plugins}
-    failures: dict[str, str] = {}
+    oneshots: dict[str, list[dict[str, Any]]] = {c.name: [] for c in args.oneshot}
+    measured: dict[str, Any] = {"runs": runs, "oneshots": oneshots, "idle": {}, "failures": {}}
+    failures: dict[str, str] = measured["failures"]
     given_up: set[str] = set()
 
     def attempt(command: Command, label: str) -> None:
@@ -973,31 +976,44 @@ def run_all(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             if not any("error" not in r for r in runs[command.name]):
                 given_up.add(command.name)  # never worked: not tried again
 
-    for command in plugins:
-        for _ in range(args.warmup_starts):
-            if command.name not in given_up:
-                attempt(command, "warmup")
-    for i in range(args.runs):
-        for command in rotated(plugins, i):
-            if command.name not in given_up:
-                attempt(command, f"run{i + 1}")
-    working = [c for c in plugins if c.name not in given_up]
-    idle: dict[str, dict[str, Any]] = {}
-    if working and args.idle > 0:
-        print(
-            f"  idle phase: {len(working)} plugins together, {args.idle:g} s idle, {args.burst} restarts, {args.idle:g} s",
-            flush=True,
-        )
-        idle = measure_idle(ctx, working)
-        failures.update({f"{name} idle": r["error"] for name, r in idle.items() if "error" in r})
-    oneshots: dict[str, list[dict[str, Any]]] = {c.name: [] for c in args.oneshot}
-    for i in range(args.oneshot_runs if args.oneshot else 0):
-        for command in rotated(args.oneshot, i):
-            oneshots[command.name].append(measure_oneshot(ctx, command, f"run{i + 1}"))
-    summary = {c.name: summarize_plugin(runs[c.name], idle.get(c.name, {})) for c in plugins}
+    try:
+        for command in plugins:
+            for _ in range(args.warmup_starts):
+                if command.name not in given_up:
+                    attempt(command, "warmup")
+        for i in range(args.runs):
+            for command in rotated(plugins, i):
+                if command.name not in given_up:
+                    attempt(command, f"run{i + 1}")
+        for i in range(args.oneshot_runs if args.oneshot else 0):
+            for command in rotated(args.oneshot, i):
+                if f"oneshot {command.name}" in given_up:
+                    continue
+                result = measure_oneshot(ctx, command, f"run{i + 1}")
+                oneshots[command.name].append(result)
+                if "error" in result:
+                    failures[f"oneshot {command.name} {result['label']}"] = result["error"]
+                    if not any("error" not in r for r in oneshots[command.name]):
+                        given_up.add(f"oneshot {command.name}")
+        working = [c for c in plugins if c.name not in given_up]
+        if working and args.idle > 0:
+            print(
+                f"  all {len(working)} together: {args.settle:g} s to settle, {args.idle:g} s idle, "
+                f"{args.burst} kubelet restarts, {args.idle:g} s",
+                flush=True,
+            )
+            measured["idle"] = measure_idle(ctx, working)
+            failures.update({f"{n} idle": r["error"] for n, r in measured["idle"].items() if "error" in r})
+    except KeyboardInterrupt:
+        measured["interrupted"] = True
+        print("  interrupted: the figures below are what was measured until then", flush=True)
+    return measured
+
+
+def summarize(args: argparse.Namespace, measured: dict[str, Any]) -> dict[str, Any]:
+    runs, oneshots = measured["runs"], measured["oneshots"]
+    summary = {name: summarize_plugin(r, measured["idle"].get(name, {})) for name, r in runs.items()}
     oneshot_summary = {name: summarize_oneshot(r) for name, r in oneshots.items()}
-    for name, results in oneshots.items():
-        failures.update({f"oneshot {name} {r['label']}": r["error"] for r in results if "error" in r})
     targets = []
     for target in TARGETS:
         if target.subject == "oneshot":
@@ -1006,12 +1022,11 @@ def run_all(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             table = summary
             name = args.subject if target.subject == "plugin" else args.subject_labels
             reference = args.reference
-        if name not in table:
-            continue
-        targets.append({"subject": name, **evaluate(target, table[name], table.get(reference))})
+        if name in table:
+            targets.append({"subject": name, **evaluate(target, table[name], table.get(reference))})
     label_sets = {
-        name: next((r["labels"] for r in reversed(res) if "labels" in r), None)
-        for name, res in oneshots.items()
+        name: next((r["labels"] for r in reversed(results) if "labels" in r), None)
+        for name, results in oneshots.items()
     }
     reference_labels = label_sets.get(args.oneshot_reference)
     diffs = {
@@ -1020,12 +1035,9 @@ def run_all(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         if reference_labels is not None and labels is not None and name != args.oneshot_reference
     }
     return {
-        "runs": runs,
-        "idle": idle,
-        "oneshots": oneshots,
+        **measured,
         "summary": summary,
         "oneshot_summary": oneshot_summary,
-        "failures": failures,
         "targets": targets,
         "label_diffs": diffs,
     }
@@ -1141,7 +1153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"#   {command.name}: {env + ' ' if env else ''}{shlex.join(command.argv)}")
     apiserver = start_apiserver(ctx) if any(c.mentions("kubeconfig") for c in args.plugin) else None
     try:
-        results = run_all(args, ctx)
+        results = summarize(args, measure_all(args, ctx))
     finally:
         for proc in list(Process.live):
             proc.terminate(2)

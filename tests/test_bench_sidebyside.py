@@ -29,19 +29,10 @@ BARE = f"{PYTHON} {shlex.quote(str(ROOT / 'benchmarks' / 'bare_plugin.py'))} --d
 NO_NVML = f"{PYTHON} -c \"import sys; sys.exit('nvml init failed: ERROR_LIBRARY_NOT_FOUND')\""
 LABELS = f"{PYTHON} -m nvplugin labels --no-timestamp --output-file {{output}} --fake-gpus"
 # Counts small enough for a loaded 2-core machine; the figures are meaningless, their presence is not.
-TINY = ["--runs", "2", "--warmup-starts", "0", "--calls", "20", "--warmup", "5", "--restarts", "2"]
-TINY += [
-    "--idle",
-    "0.3",
-    "--settle",
-    "0.2",
-    "--burst",
-    "1",
-    "--oneshot-runs",
-    "1",
-    "--register-timeout",
-    "30",
-]
+TINY = shlex.split(
+    "--runs 2 --warmup-starts 0 --calls 20 --warmup 5 --restarts 2 --idle 0.3 --settle 0.2 --burst 1 "
+    "--oneshot-runs 1 --register-timeout 30"
+)
 
 
 def harness() -> ModuleType:
