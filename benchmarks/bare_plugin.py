@@ -23,14 +23,16 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from grpclib import GRPCError
 from grpclib.client import Channel
+from grpclib.exceptions import StreamTerminatedError
 from grpclib.server import Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nvplugin.api import v1beta1 as api
 
 OPTIONS = api.DevicePluginOptions(get_preferred_allocation_available=True)
-RESTART_POLL_S = 0.002
+RESTART_POLL_S = 0.002  # while the kubelet restarts: its new socket, a Register it refused
 
 
 class Bare(api.DevicePluginBase):
@@ -76,26 +78,31 @@ def identity(path: str) -> tuple[int, int] | None:
     return st.st_ino, st.st_ctime_ns
 
 
-async def serve_and_register(
-    kubelet_socket: str, devices: list[api.Device], kubelet_gone: asyncio.Event
-) -> tuple[Server, str]:
-    directory = os.path.dirname(kubelet_socket)
-    endpoint = f"bare-{os.getpid()}.sock"
-    path = os.path.join(directory, endpoint)
+async def serve(path: str, devices: list[api.Device], kubelet_gone: asyncio.Event) -> Server:
     if os.path.exists(path):
         os.unlink(path)
     server = Server([Bare(devices, kubelet_gone)])
     await server.start(path=path)
-    channel = Channel(path=kubelet_socket)
-    try:
-        await api.RegistrationStub(channel).register(
-            api.RegisterRequest(
-                version="v1beta1", endpoint=endpoint, resource_name="nvidia.com/gpu", options=OPTIONS
-            )
-        )
-    finally:
-        channel.close()
-    return server, path
+    return server
+
+
+async def register(kubelet_socket: str, endpoint: str, stop: asyncio.Event) -> tuple[int, int] | None:
+    """Register, again and again while the kubelet is (re)starting; returns the identity of the
+    kubelet.sock that took it (None: stopped first)."""
+    request = api.RegisterRequest(
+        version="v1beta1", endpoint=endpoint, resource_name="nvidia.com/gpu", options=OPTIONS
+    )
+    while not stop.is_set():
+        kubelet = identity(kubelet_socket)
+        channel = Channel(path=kubelet_socket)
+        try:
+            await api.RegistrationStub(channel).register(request, timeout=5)
+            return kubelet
+        except (TimeoutError, OSError, GRPCError, StreamTerminatedError):
+            await asyncio.sleep(RESTART_POLL_S)
+        finally:
+            channel.close()
+    return None
 
 
 async def wait_first(*events: asyncio.Event) -> None:
@@ -107,12 +114,14 @@ async def wait_first(*events: asyncio.Event) -> None:
 
 async def main(kubelet_socket: str, count: int) -> None:
     devices = [api.Device(id=f"GPU-{i:08d}", health="Healthy") for i in range(count)]
+    endpoint = f"bare-{os.getpid()}.sock"
+    path = os.path.join(os.path.dirname(kubelet_socket), endpoint)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     while not stop.is_set():
-        registered_with = identity(kubelet_socket)
         kubelet_gone = asyncio.Event()
-        server, path = await serve_and_register(kubelet_socket, devices, kubelet_gone)
+        server = await serve(path, devices, kubelet_gone)
+        registered_with = await register(kubelet_socket, endpoint, stop)
         await wait_first(stop, kubelet_gone)
         # A file appearing has no event to await without a watcher: poll, only while restarting.
         while not stop.is_set() and identity(kubelet_socket) in (None, registered_with):  # noqa: ASYNC110

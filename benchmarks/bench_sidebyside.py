@@ -57,6 +57,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -177,6 +178,7 @@ class Connection:
     """The stand-in's connection to one registered plugin (one channel, as the kubelet's)."""
 
     channel: grpc.Channel
+    connected_at: float  # when the dial-back and GetDevicePluginOptions were done
     lists: list[tuple[float, list[tuple[str, str]]]] = field(default_factory=list)
     call: Any = None
     ended_at: float | None = None
@@ -193,6 +195,7 @@ class Registration:
     version: str
     endpoint: str
     resource: str
+    generation: int  # which kubelet "process" (server) it arrived at
     error: str | None = None
     pid: int | None = None  # the process serving the endpoint (attributed registrations only)
     connection: Connection | None = None
@@ -210,7 +213,10 @@ class KubeletStandIn:
         self.changed = threading.Condition()
         self._server: grpc.Server | None = None
         self._connections: list[Connection] = []
-        self._generation = 0  # one per kubelet "process": a Register in flight at a restart is dropped
+        # One per kubelet "process" (server); the one serving, or None while stopped. A Register
+        # handled across a restart is refused, as the dying kubelet's would be.
+        self.generation = 0
+        self._serving: int | None = None
 
     def start(self) -> float:
         """Start as a kubelet does: delete every socket in the directory, then serve kubelet.sock.
@@ -219,8 +225,12 @@ class KubeletStandIn:
         for entry in self.directory.iterdir():
             if entry.name != CHECKPOINT and entry.is_socket():
                 entry.unlink(missing_ok=True)
+        self.generation += 1
+        generation = self.generation
         server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="kubelet"))
-        handler = grpc.unary_unary_rpc_method_handler(self._register)
+        handler = grpc.unary_unary_rpc_method_handler(
+            lambda request, context: self._register(generation, request, context)
+        )
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("v1beta1.Registration", {"Register": handler}),)
         )
@@ -229,13 +239,15 @@ class KubeletStandIn:
             raise RuntimeError(f"cannot serve on {self.socket_path}")
         server.start()
         self._server = server
+        with self.changed:
+            self._serving = generation
         return created
 
     def stop(self) -> None:
         """Go away as a dying kubelet does: every plugin connection dropped, kubelet.sock gone."""
         with self.changed:
             connections, self._connections = self._connections, []
-            self._generation += 1
+            self._serving = None
         for connection in connections:
             connection.closed_by_kubelet = True
             if connection.call is not None:
@@ -250,14 +262,15 @@ class KubeletStandIn:
         self.stop()
         return self.start()
 
-    def _register(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        generation = self._generation
+    def _register(self, generation: int, request: bytes, context: grpc.ServicerContext) -> bytes:
+        arrived = time.perf_counter()
         fields = parse_message(request)
         registration = Registration(
-            time.perf_counter(),
+            arrived,
             version=_text(fields, 1),
             endpoint=_text(fields, 2),
             resource=_text(fields, 3),
+            generation=generation,
         )
         with self.changed:
             self.registrations.append(registration)
@@ -286,10 +299,10 @@ class KubeletStandIn:
                 f"failed to dial device plugin at {path} within {self.dial_timeout:g} s"
                 + ("" if path.exists() else ": no such socket")
             ) from None
-        connection = Connection(channel)
-        connection.unary("GetDevicePluginOptions")(b"", timeout=self.dial_timeout)
+        channel.unary_unary("/v1beta1.DevicePlugin/GetDevicePluginOptions")(b"", timeout=self.dial_timeout)
+        connection = Connection(channel, connected_at=time.perf_counter())
         with self.changed:
-            if generation != self._generation:
+            if generation != self._serving:
                 channel.close()
                 raise ValueError("the kubelet restarted while this Register was handled")
             self._connections.append(connection)
@@ -411,6 +424,10 @@ class Context:
         return argv, env
 
 
+class RunFailed(Exception):
+    pass
+
+
 class Process:
     """A spawned plugin; its output goes to a log file (a pipe nobody reads could block it)."""
 
@@ -466,7 +483,12 @@ class Process:
         return f"did not exit within {timeout:g} s of SIGTERM: killed"
 
     def status_kib(self, key: str) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            self.wait(1)
+            raise RunFailed(f"exited with code {self.exit_code}: {self.tail()}") from None
+        for line in status.splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1])
         raise KeyError(key)
@@ -495,10 +517,6 @@ def descends_from(pid: int | None, ancestor: int) -> bool:
     return False
 
 
-class RunFailed(Exception):
-    pass
-
-
 def first_list(standin: KubeletStandIn, registration: Registration, proc: Process, timeout: float) -> float:
     """Wait for the registration's first ListAndWatch response; returns when it arrived."""
 
@@ -516,9 +534,14 @@ def first_list(standin: KubeletStandIn, registration: Registration, proc: Proces
     return connection.lists[0][0]
 
 
-def await_register(standin: KubeletStandIn, after: int, proc: Process, timeout: float) -> Registration:
-    """The first Register after the `after`-th; raises RunFailed when none comes."""
-    found = standin.wait(lambda: standin.registrations[after:] or not proc.running, timeout)
+def current(standin: KubeletStandIn) -> list[Registration]:
+    """The registrations that arrived at the kubelet now serving."""
+    return [r for r in standin.registrations if r.generation == standin.generation]
+
+
+def await_register(standin: KubeletStandIn, proc: Process, timeout: float) -> Registration:
+    """The first Register at the kubelet now serving; raises RunFailed when none comes."""
+    found = standin.wait(lambda: current(standin) or not proc.running, timeout)
     if isinstance(found, list):
         registration: Registration = found[0]
         return registration
@@ -536,12 +559,14 @@ def measure_run(ctx: Context, command: Command, label: str) -> dict[str, Any]:
     proc = Process(argv, env, ctx.logs / f"{command.name}-{label}.log")
     run: dict[str, Any] = {"label": label}
     try:
-        registration = await_register(standin, 0, proc, args.register_timeout)
+        registration = await_register(standin, proc, args.register_timeout)
         run["start_register_ms"] = (registration.at - proc.spawned) * 1000
         run["pid"], run["endpoint"] = proc.pid, registration.endpoint
-        run["first_list_ms"] = (
-            first_list(standin, registration, proc, args.register_timeout) - proc.spawned
-        ) * 1000
+        listed = first_list(standin, registration, proc, args.register_timeout)
+        run["first_list_ms"] = (listed - proc.spawned) * 1000
+        assert registration.connection is not None
+        # The stand-in's own share of start -> first ListAndWatch: dialing back, asking for options.
+        run["dial_back_ms"] = (registration.connection.connected_at - registration.at) * 1000
         if label == "warmup":
             return run
         connection = registration.connection
@@ -553,9 +578,8 @@ def measure_run(ctx: Context, command: Command, label: str) -> dict[str, Any]:
         measure_calls(run, connection, healthy, args)
         run["reregister_ms"] = []
         for _ in range(args.restarts):
-            mark = len(standin.registrations)
             created = standin.restart()
-            registration = await_register(standin, mark, proc, args.register_timeout)
+            registration = await_register(standin, proc, args.register_timeout)
             run["reregister_ms"].append((registration.at - created) * 1000)
             first_list(standin, registration, proc, args.register_timeout)
         run["peak_rss_mib"] = proc.status_kib("VmHWM") / 1024
@@ -572,21 +596,26 @@ def measure_run(ctx: Context, command: Command, label: str) -> dict[str, Any]:
 def measure_calls(
     run: dict[str, Any], connection: Connection, healthy: list[str], args: argparse.Namespace
 ) -> None:
-    allocate, preferred = connection.unary("Allocate"), connection.unary("GetPreferredAllocation")
+    """Each RPC checked once, then timed. GetDevicePluginOptions does no work: it is the floor
+    of what the transport and this client cost, for every plugin alike."""
     size = min(args.preferred_size, len(healthy))
-    requests = {
-        "allocate": (allocate, allocate_request(healthy[:1])),
-        "preferred": (preferred, preferred_request(healthy, size)),
+    calls = {
+        "options": ("GetDevicePluginOptions", b""),
+        "allocate": ("Allocate", allocate_request(healthy[:1])),
+        "preferred": ("GetPreferredAllocation", preferred_request(healthy, size)),
     }
-    for name, (call, request) in requests.items():
+    for name, (method, request) in calls.items():
+        call = connection.unary(method)
         try:
-            answer = container_responses(call(request, timeout=5))
+            answer = call(request, timeout=5)
         except grpc.RpcError as exc:
-            raise RunFailed(f"{name} failed: {exc.code().name}: {exc.details()}") from None
-        if len(answer) != 1:
-            raise RunFailed(f"{name} answered {len(answer)} container responses to one container request")
-        if name == "preferred" and len(answer[0].get(1, [])) != size:
-            raise RunFailed(f"GetPreferredAllocation chose {answer[0].get(1, [])} for allocation_size {size}")
+            raise RunFailed(f"{method} failed: {exc.code().name}: {exc.details()}") from None
+        if name != "options":
+            containers = container_responses(answer)
+            if len(containers) != 1:
+                raise RunFailed(f"{method} answered {len(containers)} container responses to one request")
+            if name == "preferred" and len(containers[0].get(1, [])) != size:
+                raise RunFailed(f"{method} chose {containers[0].get(1, [])} for allocation_size {size}")
         milliseconds = time_calls(call, request, calls=args.calls, warmup=args.warmup, timeout=5)
         run[f"{name}_us"] = [round(ms * 1000, 2) for ms in milliseconds]
 
@@ -626,28 +655,34 @@ def measure_idle(ctx: Context, commands: Sequence[Command]) -> dict[str, dict[st
     standin.start()
     procs: dict[str, Process] = {}
     out: dict[str, dict[str, Any]] = {c.name: {} for c in commands}
+
+    def drop_failed(failed: dict[str, str], when: str) -> None:
+        for name, why in failed.items():
+            out[name].setdefault("error", f"{why} ({when})")
+            procs.pop(name).terminate(args.exit_timeout)
+
     try:
         for command in commands:
             argv, env = ctx.plugin_argv_env(command)
             procs[command.name] = Process(argv, env, ctx.logs / f"{command.name}-idle.log")
-        for name, why in wait_all_registered(standin, 0, procs, args.register_timeout).items():
-            out[name]["error"] = why
-            procs.pop(name).terminate(args.exit_timeout)
+        drop_failed(wait_all_registered(standin, procs, args.register_timeout), "starting")
         time.sleep(args.settle)
         for name, ticks in count_ticks(procs, args.idle).items():
             out[name]["idle_ticks"], out[name]["idle_window_s"] = ticks
+        drop_failed(exited(procs), "idle")
         for name in procs:
             out[name]["burst_reregistered"] = 0
-        for _ in range(args.burst):
-            mark = len(standin.registrations)
+        for restart in range(args.burst):
             standin.restart()
-            failed = wait_all_registered(standin, mark, procs, args.register_timeout)
+            failed = wait_all_registered(standin, procs, args.register_timeout)
             for name in procs:
                 out[name]["burst_reregistered"] += name not in failed
+            drop_failed(exited(procs), f"kubelet restart {restart + 1}")
         for name, ticks in count_ticks(procs, args.idle).items():
-            out[name]["burst_ticks"], out[name]["burst_window_s"] = ticks
-            out[name]["burst_restarts"] = args.burst
-            out[name]["peak_rss_mib"] = procs[name].status_kib("VmHWM") / 1024
+            out[name].update(burst_ticks=ticks[0], burst_window_s=ticks[1], burst_restarts=args.burst)
+            with contextlib.suppress(RunFailed):  # exited: reported below
+                out[name]["peak_rss_mib"] = procs[name].status_kib("VmHWM") / 1024
+        drop_failed(exited(procs), "after the restarts")
     finally:
         for name, proc in procs.items():
             if proc.running:
@@ -656,35 +691,45 @@ def measure_idle(ctx: Context, commands: Sequence[Command]) -> dict[str, dict[st
     return out
 
 
-def wait_all_registered(
-    standin: KubeletStandIn, after: int, procs: dict[str, Process], timeout: float
-) -> dict[str, str]:
-    """Wait until every process has registered (after the `after`-th Register) and been listed;
+def exited(procs: dict[str, Process]) -> dict[str, str]:
+    return {name: f"exited with code {p.exit_code}: {p.tail()}" for name, p in procs.items() if not p.running}
+
+
+def wait_all_registered(standin: KubeletStandIn, procs: dict[str, Process], timeout: float) -> dict[str, str]:
+    """Wait until every process has registered with the kubelet now serving and been listed;
     returns those that did not, with why."""
 
     def pending() -> dict[str, Process]:
         done = {
             name
             for name, proc in procs.items()
-            for r in standin.registrations[after:]
+            for r in current(standin)
             if r.connection is not None and r.connection.lists and descends_from(r.pid, proc.pid)
         }
         return {name: proc for name, proc in procs.items() if name not in done and proc.running}
 
     standin.wait(lambda: not pending(), timeout)
-    failed = {
-        name: f"exited with code {p.exit_code}: {p.tail()}" for name, p in procs.items() if not p.running
-    }
+    failed = exited(procs)
     failed.update({name: f"not registered and listed within {timeout:g} s" for name in pending()})
     return failed
 
 
 def count_ticks(procs: dict[str, Process], seconds: float) -> dict[str, tuple[int, float]]:
-    before = {name: p.cpu_ticks() for name, p in procs.items()}
+    """CPU clock ticks each process spent over `seconds` (those that exited meanwhile left out)."""
+
+    def ticks() -> dict[str, int]:
+        counts = {}
+        for name, proc in procs.items():
+            with contextlib.suppress(OSError):  # exited: /proc/<pid> is gone
+                counts[name] = proc.cpu_ticks()
+        return counts
+
+    before = ticks()
     started = time.perf_counter()
     time.sleep(seconds)
     window = time.perf_counter() - started
-    return {name: (p.cpu_ticks() - before[name], window) for name, p in procs.items() if p.running}
+    after = ticks()
+    return {name: (after[name] - before[name], window) for name in before.keys() & after.keys()}
 
 
 # --- labels one-shots
@@ -780,6 +825,9 @@ def start_apiserver(ctx: Context) -> Process:
 FIGURES = (
     ("start_register_ms", "start -> Register", "ms"),
     ("first_list_ms", "start -> first ListAndWatch", "ms"),
+    ("dial_back_ms", "  of it: stand-in dial-back + options", "ms"),
+    ("options_p50_us", "GetDevicePluginOptions p50 (no work)", "us"),
+    ("options_p99_us", "GetDevicePluginOptions p99 (no work)", "us"),
     ("allocate_p50_us", "Allocate p50", "us"),
     ("allocate_p99_us", "Allocate p99", "us"),
     ("preferred_p50_us", "GetPreferredAllocation p50", "us"),
@@ -833,7 +881,8 @@ def summarize_plugin(runs: list[dict[str, Any]], idle: dict[str, Any]) -> dict[s
     for r in good:
         per_run["start_register_ms"].append(r["start_register_ms"])
         per_run["first_list_ms"].append(r["first_list_ms"])
-        for name in ("allocate", "preferred"):
+        per_run["dial_back_ms"].append(r["dial_back_ms"])
+        for name in ("options", "allocate", "preferred"):
             per_run[f"{name}_p50_us"].append(percentile(r[f"{name}_us"], 50))
             per_run[f"{name}_p99_us"].append(percentile(r[f"{name}_us"], 99))
         if r["reregister_ms"]:
@@ -1007,6 +1056,11 @@ def measure_all(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     except KeyboardInterrupt:
         measured["interrupted"] = True
         print("  interrupted: the figures below are what was measured until then", flush=True)
+    except Exception:  # a harness bug must not cost the figures already measured (one GPU call)
+        measured["harness_error"] = traceback.format_exc()
+        print(
+            f"  harness error, the figures below are what was measured until then:\n{measured['harness_error']}"
+        )
     return measured
 
 
