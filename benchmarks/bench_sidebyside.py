@@ -42,6 +42,7 @@ with pass/fail) and writes every raw sample as JSON (--json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -68,8 +69,6 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import contextlib
-
 from timing import percentile, time_calls
 
 KUBELET_SOCKET = "kubelet.sock"
@@ -179,11 +178,10 @@ class Connection:
 
     channel: grpc.Channel
     connected_at: float  # when the dial-back and GetDevicePluginOptions were done
+    stream: Any = None  # the ListAndWatch call
     lists: list[tuple[float, list[tuple[str, str]]]] = field(default_factory=list)
-    call: Any = None
     ended_at: float | None = None
     end: str | None = None  # how ListAndWatch ended: OK or a status code (and details)
-    closed_by_kubelet: bool = False
 
     def unary(self, method: str) -> Any:
         return self.channel.unary_unary(f"/v1beta1.DevicePlugin/{method}")
@@ -249,9 +247,7 @@ class KubeletStandIn:
             connections, self._connections = self._connections, []
             self._serving = None
         for connection in connections:
-            connection.closed_by_kubelet = True
-            if connection.call is not None:
-                connection.call.cancel()
+            connection.stream.cancel()
             connection.channel.close()
         if self._server is not None:
             self._server.stop(None).wait()
@@ -301,8 +297,10 @@ class KubeletStandIn:
             ) from None
         channel.unary_unary("/v1beta1.DevicePlugin/GetDevicePluginOptions")(b"", timeout=self.dial_timeout)
         connection = Connection(channel, connected_at=time.perf_counter())
+        connection.stream = channel.unary_stream("/v1beta1.DevicePlugin/ListAndWatch")(b"")
         with self.changed:
             if generation != self._serving:
+                connection.stream.cancel()
                 channel.close()
                 raise ValueError("the kubelet restarted while this Register was handled")
             self._connections.append(connection)
@@ -312,10 +310,8 @@ class KubeletStandIn:
         return connection
 
     def _follow(self, connection: Connection) -> None:
-        call = connection.channel.unary_stream("/v1beta1.DevicePlugin/ListAndWatch")(b"")
-        connection.call = call
         try:
-            for message in call:
+            for message in connection.stream:
                 arrived = time.perf_counter()
                 with self.changed:
                     connection.lists.append((arrived, list_devices(message)))
@@ -564,13 +560,12 @@ def measure_run(ctx: Context, command: Command, label: str) -> dict[str, Any]:
         run["pid"], run["endpoint"] = proc.pid, registration.endpoint
         listed = first_list(standin, registration, proc, args.register_timeout)
         run["first_list_ms"] = (listed - proc.spawned) * 1000
-        assert registration.connection is not None
-        # The stand-in's own share of start -> first ListAndWatch: dialing back, asking for options.
-        run["dial_back_ms"] = (registration.connection.connected_at - registration.at) * 1000
-        if label == "warmup":
-            return run
         connection = registration.connection
         assert connection is not None
+        # The stand-in's own share of start -> first ListAndWatch: dialing back, asking for options.
+        run["dial_back_ms"] = (connection.connected_at - registration.at) * 1000
+        if label == "warmup":
+            return run
         healthy = [d for d, health in connection.lists[0][1] if health == "Healthy"]
         run["devices"] = len(healthy)
         if not healthy:
@@ -641,9 +636,6 @@ def measure_sigterm(
     run["socket_removed"] = not socket_path.exists()
     standin.wait(lambda: connection.ended_at is not None, 1.0)
     run["stream_end"] = connection.end or STREAM_OPEN
-    run["stream_ended_before_exit"] = (
-        connection.ended_at is not None and connection.ended_at <= proc.exited_at
-    )
 
 
 # --- every plugin at once: idle CPU, CPU after a burst of kubelet restarts
@@ -1052,7 +1044,13 @@ def measure_all(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
                 flush=True,
             )
             measured["idle"] = measure_idle(ctx, working)
-            failures.update({f"{n} idle": r["error"] for n, r in measured["idle"].items() if "error" in r})
+            for name, idle in measured["idle"].items():
+                if "error" in idle:
+                    failures[f"{name} idle"] = idle["error"]
+                elif idle.get("burst_reregistered") != args.burst:
+                    failures[f"{name} idle"] = (
+                        f"re-registered after {idle.get('burst_reregistered')} of {args.burst} restarts"
+                    )
     except KeyboardInterrupt:
         measured["interrupted"] = True
         print("  interrupted: the figures below are what was measured until then", flush=True)
