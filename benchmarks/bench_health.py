@@ -30,6 +30,8 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from timing import percentile
+
 from nvplugin.core.config import Config
 from nvplugin.core.resources import UNHEALTHY, build_resources, device_health
 from nvplugin.core.xid import DEFAULT_POLICY, HealthPolicy, RecoveryPolicy
@@ -218,11 +220,6 @@ async def idle_e2e(seconds: float, gpus: int, with_watcher: bool = True) -> tupl
     return 100.0 * cpu / wall, agent.health or HealthWatcher(fake, agent.state), plugin.updates - updates
 
 
-def pct(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -252,7 +249,7 @@ def main() -> int:
     receiver = "kubelet simulator via the agent's ListAndWatch" if args.e2e else "list waiter on NodeState"
     print(f"XID -> updated list ({path} -> {receiver}), {len(ms)} events on {args.gpus} fake GPUs:")
     print(
-        f"  p50 {pct(ms, 50):.3f} ms  p90 {pct(ms, 90):.3f} ms  p99 {pct(ms, 99):.3f} ms  "
+        f"  p50 {percentile(ms, 50):.3f} ms  p90 {percentile(ms, 90):.3f} ms  p99 {percentile(ms, 99):.3f} ms  "
         f"max {max(ms):.3f} ms  mean {statistics.fmean(ms):.3f} ms   (target p99 <= 10 ms)"
     )
     if args.idle_seconds > 0:
