@@ -105,7 +105,6 @@ class Agent:
         self._handle_signals = handle_signals
         self._early = early
         self._tg: TaskGroup | None = None
-        self._stopping: anyio.Event | None = None
         self._reload_wanted: anyio.Event | None = None
         self._reload_why = ""
         self._reload_lock: anyio.Lock | None = None
@@ -188,7 +187,6 @@ class Agent:
                 log.warning("no NVML: XID health checks are off")
             else:
                 log.info("%s", self.health_policy.describe())
-            self._stopping = anyio.Event()
             self._reload_wanted = anyio.Event()
             try:
                 async with anyio.create_task_group() as tg:
@@ -199,15 +197,23 @@ class Agent:
                     self.started.set()
                     if self._reload_pending():
                         self.request_reload("SIGHUP during start-up")
-                    await _until_cancelled(self._stopping)
             except StopAgent as exc:
                 raise AgentError(f"a vital task failed: {exc}") from None
             finally:
                 self._tg = None
-                if self.nvml_ready:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(0.3):
-                        await anyio.to_thread.run_sync(_quiet_shutdown, self.nvml, abandon_on_cancel=True)
+                await self._shutdown_nvml()
                 log.info("agent stopped")
+
+    async def _shutdown_nvml(self) -> None:
+        if not self.nvml_ready:
+            return
+        if self.health is not None and not self.health.wait_stopped(0):
+            # An abandoned NVML event wait is still in flight (it ends within its timeout): NVML
+            # must not be shut down under it, and the process exit releases it anyway.
+            log.debug("NVML left to the process exit: an event wait is still in flight")
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(0.3):
+            await anyio.to_thread.run_sync(_quiet_shutdown, self.nvml, abandon_on_cancel=True)
 
     # --- start-up
 
@@ -404,11 +410,7 @@ TASKS: tuple[TaskSpec[Agent], ...] = (
         restart=None,
     ),
     TaskSpec("kubelet-side", lambda a: _kubelet(a).serve()),
-    TaskSpec(
-        "kubelet-watcher",
-        lambda a: _kubelet(a).watch_directory(a._stopping or anyio.Event()),
-        may_finish=True,  # it ends when the agent stops
-    ),
+    TaskSpec("kubelet-watcher", lambda a: _kubelet(a).watch_directory()),
     TaskSpec("reloads", Agent._serve_reloads),
     TaskSpec(
         "health",
@@ -430,15 +432,6 @@ TASKS: tuple[TaskSpec[Agent], ...] = (
     ),
     TaskSpec("node-labels", _serve_node_labels, enabled=lambda a: a.config.labels),
 )
-
-
-async def _until_cancelled(stopping: anyio.Event) -> None:
-    """The task group's host waits here; when the agent is cancelled it sets `stopping` at once,
-    which ends the directory watcher's thread (it looks at no other signal)."""
-    try:
-        await anyio.sleep_forever()
-    finally:
-        stopping.set()
 
 
 def _plan(inventory: Inventory, config: Config) -> tuple[Resource, ...]:

@@ -272,7 +272,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = EXIT_USAGE
     except KeyboardInterrupt:
         code = EXIT_OK
-    sys.exit(code)
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown once the agent has cleaned up after itself
+    (streams ended, sockets removed, NVML shut down). The teardown would join the worker
+    threads cancellation abandoned (an NVML event wait, the directory watcher: up to half a
+    second) and unload every module, for nothing: the process is going."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _fatal(args: argparse.Namespace, message: str, hint: str = "") -> None:

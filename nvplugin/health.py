@@ -220,25 +220,19 @@ class HealthWatcher:
 
     async def run(self) -> None:
         """Watch until cancelled; re-registers at once when the inventory changes. Raises when
-        the watch breaks (the agent's guard restarts it with backoff)."""
+        the watch breaks (the agent's guard restarts it with backoff). Cancellation abandons the
+        NVML wait thread, which leaves within one wait timeout: call wait_stopped() before
+        shutting NVML down."""
         self._runs += 1
         if self._runs == 1:
             log.info("%s", self._policy.describe())
         else:
             self.stats.restarts += 1
-        try:
-            while True:
-                await self._watch()
-                # _watch returns only when the inventory changed: register again at once.
-                log.info("GPU inventory changed: registering health events again")
-                self.stats.restarts += 1
-        finally:
-            # The NVML wait thread was abandoned; it leaves within one wait timeout. Waiting for
-            # it here (bounded) means the agent never shuts NVML down under a blocked wait.
-            with anyio.CancelScope(shield=True):
-                limit = 2 * self._timeout_ms / 1000 + 0.05
-                if not await anyio.to_thread.run_sync(self.wait_stopped, limit):
-                    log.warning("the NVML event wait thread did not stop within %.2fs", limit)
+        while True:
+            await self._watch()
+            # _watch returns only when the inventory changed: register again at once.
+            log.info("GPU inventory changed: registering health events again")
+            self.stats.restarts += 1
 
     async def _watch(self) -> None:
         gpus = self._state.inventory.gpus

@@ -19,6 +19,8 @@ import logging
 import os
 import socket
 import stat
+import threading
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
@@ -29,6 +31,9 @@ from nvplugin.observability import Metrics
 from nvplugin.plugin.registration import register_with_retry
 from nvplugin.plugin.server import SOCKET_PREFIX, PluginServer, fresh_socket_name
 from nvplugin.state import NodeState
+
+if TYPE_CHECKING:
+    from watchfiles import Change
 
 log = logging.getLogger(__name__)
 
@@ -330,38 +335,59 @@ class KubeletSide:
 
     # --- the directory watcher (task "kubelet-watcher")
 
-    async def watch_directory(self, stop: anyio.Event) -> None:
-        """Until `stop` is set (watchfiles' thread only looks at that event, so the agent sets
-        it on shutdown; cancelling alone would wait out the thread's timeout)."""
+    async def watch_directory(self) -> None:
+        """Until cancelled. The watch runs in a worker thread that cancellation abandons (it
+        sees its stop flag within one watchfiles step and closes the watch itself), so the
+        agent's shutdown never waits for it."""
         # Not on the start -> Register path: the kubelet side checks the socket itself first.
         with anyio.move_on_after(1.0):  # registration may be refused for long: watch anyway
             await self.first_attempt.wait()
-        from watchfiles import Change, awatch
-
         directory = self.config.plugin_dir
         if not os.path.isdir(directory):
             log.warning("waiting for the kubelet's directory %s (is --kubelet-socket right?)", directory)
         while not os.path.isdir(directory):  # the kubelet creates it: wait, never create it
-            with anyio.move_on_after(KUBELET_SOCKET_RECHECK):
-                await stop.wait()
-            if stop.is_set():
+            await anyio.sleep(KUBELET_SOCKET_RECHECK)
+        stop = threading.Event()
+        try:
+            await anyio.to_thread.run_sync(self._watch_thread, directory, stop, abandon_on_cancel=True)
+        finally:
+            stop.set()
+
+    def _watch_thread(self, directory: str, stop: threading.Event) -> None:
+        """In a worker thread: watchfiles' Rust watcher on the directory, each batch of changes
+        handed to the loop. Its thread wakes every `step` ms even when idle, so keep it coarse:
+        the fast path for a kubelet restart is the stream-lost probe; this is the safety net
+        (kubelet started after us, a socket removed by hand)."""
+        from watchfiles import Change
+        from watchfiles._rust_notify import RustNotify
+
+        with RustNotify([directory], False, False, 300, False, True) as notify:
+            # Anything removed before the watch began is caught here.
+            try:
+                anyio.from_thread.run_sync(self._check_own_sockets)
+            except RuntimeError:
                 return
-        # Anything removed before the watch began is caught here.
+            while not stop.is_set():
+                raw = notify.watch(500, 250, 5000, stop)
+                if isinstance(raw, str) or stop.is_set():  # "stop", "timeout" or "signal"
+                    continue
+                # Deletions first: a kubelet restart removes our socket and re-creates its own.
+                changes = sorted(
+                    ((Change(int(kind)), os.path.abspath(str(path))) for kind, path in raw),
+                    key=lambda c: c[0] != Change.deleted,
+                )
+                try:
+                    anyio.from_thread.run_sync(self._on_changes, changes)
+                except RuntimeError:
+                    return  # the loop is gone: the agent stopped
+
+    def _check_own_sockets(self) -> None:
         for path in self._own_sockets:
             if not os.path.exists(path):
                 self.on_directory_change(False, path)
-        # watchfiles' Rust thread wakes every `step` ms even when idle, so keep it coarse: the
-        # fast path for a kubelet restart is the stream-lost probe; this watcher is the safety
-        # net (kubelet started after us, a socket removed by hand).
-        async for changes in awatch(
-            directory,
-            debounce=500,
-            step=250,
-            recursive=False,
-            ignore_permission_denied=True,
-            watch_filter=None,
-            stop_event=stop,
-        ):
-            # Deletions first: a kubelet restart removes our socket and re-creates its own at once.
-            for change, path in sorted(changes, key=lambda c: c[0] != Change.deleted):
-                self.on_directory_change(change == Change.added, os.path.abspath(path))
+
+    def _on_changes(self, changes: list[tuple[Change, str]]) -> None:
+        from watchfiles import Change
+
+        for change, path in changes:
+            self.on_directory_change(change == Change.added, path)
