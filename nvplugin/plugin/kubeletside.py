@@ -345,7 +345,7 @@ class KubeletSide:
         directory = self.config.plugin_dir
         if not os.path.isdir(directory):
             log.warning("waiting for the kubelet's directory %s (is --kubelet-socket right?)", directory)
-        while not os.path.isdir(directory):  # the kubelet creates it: wait, never create it
+        while not os.path.isdir(directory):  # noqa: ASYNC110 - the kubelet creates it: no event to wait on
             await anyio.sleep(KUBELET_SOCKET_RECHECK)
         stop = threading.Event()
         try:
