@@ -1,95 +1,103 @@
 """Loading the configuration: flags, environment and the config file, at start and on SIGHUP.
 
-The shell side of nvplugin.core.config and nvplugin.core.configfile: it reads the file named by
---config-file / CONFIG_FILE (YAML or JSON), then resolves flag > env > file > default. Every
-problem is a ConfigError whose message is written for the user: the CLI prints it and exits
-non-zero before touching any socket; a reload logs it and keeps the running config.
+The shell side of nvplugin.core.config, core.configdoc and core.configfile: it reads the file
+named by --config-file / CONFIG_FILE / GFD_CONFIG_FILE (YAML or JSON, at most 1 MiB, a regular
+file: never a FIFO that would block), then resolves flag > env > file > default. Every problem
+is a ConfigError whose message is written for the user: the CLI prints it and exits non-zero
+before touching any socket; a reload logs it and keeps the running config. What was accepted but
+deserves a word (unknown keys NVIDIA ignores, settings that cannot apply here) comes back as
+warnings, one line each, for the caller to log.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-from nvplugin.core.config import OPTIONS, Config, ConfigError, resolve
+from nvplugin.core.config import OPTION_BY_FIELD, Config, ConfigError, read_text, resolve_settings
+from nvplugin.core.configdoc import MAX_CONFIG_BYTES, decode_config_text
 from nvplugin.core.configfile import ConfigFile, parse_config_file
 from nvplugin.core.xid import DEFAULT_POLICY, HealthPolicy, resolve_health_policy
 
 log = logging.getLogger(__name__)
 
-_CONFIG_FILE_OPTION = next(o for o in OPTIONS if o.field == "config_file")
+CONFIG_FILE_OPTION = OPTION_BY_FIELD["config_file"]
 
 
 @dataclass(frozen=True, slots=True)
 class LoadedConfig:
     config: Config
-    # What the config file asked for that nvplugin ignores, one line each.
+    # What the user should be told, one line each: the file's warnings (unknown keys, settings
+    # NVIDIA ignores too), notes from resolving (settings that cannot apply on this host,
+    # disagreeing environment variables) and malformed health variables.
     warnings: tuple[str, ...] = ()
     # The XID health policy: DP_*_HEALTHCHECKS > the file's `health:` section > NVIDIA's defaults.
     health: HealthPolicy = DEFAULT_POLICY
 
 
-def read_config_file(path: str) -> ConfigFile:
-    """Read and check a v1 config file; ConfigError names the file and what is wrong."""
+def read_config_bytes(path: str) -> bytes:
+    """The file's bytes: a regular file of at most 1 MiB; ConfigError otherwise."""
     try:
-        text = Path(path).read_text()
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: not a regular file; expected a YAML or JSON config file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: the file is {info.st_size} bytes; expected at most {MAX_CONFIG_BYTES} (1 MiB)"
+            )
+        with open(path, "rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a text file: {exc}") from None
-    return parse_config_file(decode_config_text(path, text), path)
+    if len(data) > MAX_CONFIG_BYTES:  # grew since stat
+        raise ConfigError(f"{path}: the file is over {MAX_CONFIG_BYTES} bytes (1 MiB)")
+    return data
 
 
-def decode_config_text(path: str, text: str) -> object:
-    """YAML, or JSON (a .json file, read strictly so JSON errors point at JSON)."""
-    if path.endswith(".json"):
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"{path}: not valid JSON: {exc}") from None
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML or JSON: {_yaml_problem(exc)}") from None
-
-
-def _yaml_problem(exc: Any) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    if mark is not None:
-        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
-    return str(problem)
+def read_config_file(path: str, *, strict: bool = False) -> ConfigFile:
+    """Read and check a v1 config file; ConfigError names the file and what is wrong. `strict`
+    refuses keys NVIDIA does not know (they are warnings otherwise)."""
+    return parse_config_file(decode_config_text(path, read_config_bytes(path)), path, strict=strict)
 
 
 def config_file_path(flags: Mapping[str, object], env: Mapping[str, str]) -> str | None:
-    """--config-file, else CONFIG_FILE, else no file."""
+    """--config-file, else CONFIG_FILE, else GFD_CONFIG_FILE, else no file."""
     raw = flags.get("config_file")
-    if raw is not None:
-        return str(_CONFIG_FILE_OPTION.parse(_CONFIG_FILE_OPTION.flag, raw))
-    if env.get("CONFIG_FILE", "") != "":
-        return str(_CONFIG_FILE_OPTION.parse("environment variable CONFIG_FILE", env["CONFIG_FILE"]))
+    if raw is not None and str(raw).strip():
+        return str(read_text(CONFIG_FILE_OPTION, CONFIG_FILE_OPTION.flag_names, raw))
+    for name in CONFIG_FILE_OPTION.envs:
+        if env.get(name, "").strip():
+            return str(read_text(CONFIG_FILE_OPTION, f"environment variable {name}", env[name]))
     return None
 
 
-def load(flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> LoadedConfig:
-    """The effective config and the config file's warnings. Raises ConfigError."""
+def load_with_file(
+    flags: Mapping[str, object], env: Mapping[str, str], file: ConfigFile, file_name: str = "config file"
+) -> LoadedConfig:
+    """The effective config from flags and environment over an already read config file."""
+    resolved = resolve_settings(flags, env, file.values, file.sources)
+    health, health_warnings = resolve_health_policy(env, file.health, file_name)
+    return LoadedConfig(
+        config=resolved.config, warnings=file.warnings + resolved.notes + health_warnings, health=health
+    )
+
+
+def load(
+    flags: Mapping[str, object], env: Mapping[str, str] | None = None, *, strict: bool = False
+) -> LoadedConfig:
+    """The effective config and what to tell the user. Raises ConfigError. Blocking (reads a
+    file): call it from a worker thread inside the loop."""
     env = os.environ if env is None else env
     path = config_file_path(flags, env)
-    file = read_config_file(path) if path is not None else ConfigFile()
-    config = resolve(flags, env, file.values, path or "config file")
-    health, health_warnings = resolve_health_policy(env, file.health, path or "config file")
-    return LoadedConfig(config=config, warnings=file.warnings + health_warnings, health=health)
+    file = read_config_file(path, strict=strict) if path is not None else ConfigFile()
+    return load_with_file(flags, env, file, path or "config file")
 
 
 def load_config(flags: Mapping[str, object], env: Mapping[str, str] | None = None) -> Config:
-    """The effective config; the file's warnings are logged. Raises ConfigError.
+    """The effective config; its warnings are logged. Raises ConfigError.
 
     `flags` maps Config field names to flag values (None: flag not given); `env` defaults to
     os.environ. Blocking (reads a file): call it from a worker thread inside the loop.
@@ -98,21 +106,6 @@ def load_config(flags: Mapping[str, object], env: Mapping[str, str] | None = Non
     for warning in loaded.warnings:
         log.warning("%s", warning)
     return loaded.config
-
-
-def config_as_dict(config: Config) -> dict[str, object]:
-    """A plain, printable view of the config (tuples as lists, nested sharing spelled out)."""
-
-    def plain(value: object) -> object:
-        if hasattr(value, "__dataclass_fields__"):
-            return {f.name: plain(getattr(value, f.name)) for f in fields(value)}  # type: ignore[arg-type]
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        return value
-
-    result = plain(config)
-    assert isinstance(result, dict)
-    return result
 
 
 class ConfigSource:
@@ -133,5 +126,6 @@ class ConfigSource:
         flags, env = dict(self.flags), dict(os.environ)
         if self._selected is not None:
             flags["config_file"] = self._selected[0]
-            env.pop("CONFIG_FILE", None)
+            for name in CONFIG_FILE_OPTION.envs:
+                env.pop(name, None)
         return load_config(flags, env)
