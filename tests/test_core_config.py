@@ -134,7 +134,9 @@ def test_enums_compare_with_their_text() -> None:
     assert config.device_list_strategy == ("cdi-cri",)
 
 
-@pytest.mark.parametrize(("raw", "value"), [("true", True), ("T", True), ("1", True), ("0", False), ("F", False)])
+@pytest.mark.parametrize(
+    ("raw", "value"), [("true", True), ("T", True), ("1", True), ("0", False), ("F", False)]
+)
 def test_booleans_are_go_parsebool(raw: str, value: bool) -> None:
     assert resolve({"pass_device_specs": raw}, {}).pass_device_specs is value
     assert resolve({}, {"PASS_DEVICE_SPECS": raw}).pass_device_specs is value
@@ -201,8 +203,16 @@ def test_durations_and_infinite() -> None:
         ({"kubelet_socket": "/" + "k" * 107}, {}, "108 bytes long; a unix socket path holds at most 107"),
         ({"kubelet_socket": "/tmp/k\0.sock"}, {}, "--kubelet-socket: contains a NUL byte"),
         ({"kubelet_socket": "  "}, {}, "--kubelet-socket: expected the kubelet's socket path"),
-        ({}, {"KUBELET_SOCKET": ""}, "environment variable KUBELET_SOCKET: expected the kubelet's socket path"),
-        ({"nvidia_driver_root": "/x" * MAX_PATH_BYTES}, {}, "--driver-root/--nvidia-driver-root: 8192 bytes long"),
+        (
+            {},
+            {"KUBELET_SOCKET": ""},
+            "environment variable KUBELET_SOCKET: expected the kubelet's socket path",
+        ),
+        (
+            {"nvidia_driver_root": "/x" * MAX_PATH_BYTES},
+            {},
+            "--driver-root/--nvidia-driver-root: 8192 bytes long",
+        ),
         ({"node_name": "n" * 300}, {}, "--node-name: 300 bytes long; expected at most 253"),
         ({"fake_gpus": "65"}, {}, "from 0 to 64"),
         ({"fake_gpus": "-1"}, {}, "from 0 to 64"),
@@ -227,9 +237,13 @@ def mps(*resources: tuple[str, int]) -> Sharing:
 
 def test_mps_needs_the_mps_root_and_refuses_mixed_as_nvidia_does() -> None:
     sharing = mps(("nvidia.com/gpu", 4))
-    with pytest.raises(ConfigError, match="sharing.mps needs the MPS root: set --mps-root, MPS_ROOT or flags.mpsRoot"):
+    with pytest.raises(
+        ConfigError, match="sharing.mps needs the MPS root: set --mps-root, MPS_ROOT or flags.mpsRoot"
+    ):
         resolve({}, {}, {"sharing": sharing})
-    with pytest.raises(ConfigError, match=r"sharing.mps cannot be used with mig-strategy mixed \(--mig-strategy\)"):
+    with pytest.raises(
+        ConfigError, match=r"sharing.mps cannot be used with mig-strategy mixed \(--mig-strategy\)"
+    ):
         resolve({"mig_strategy": "mixed"}, {"MPS_ROOT": "/run/nvidia/mps"}, {"sharing": sharing})
     config = resolve({}, {"MPS_ROOT": "/run/nvidia/mps"}, {"sharing": sharing})
     assert config.sharing.strategy is SharingStrategy.MPS
@@ -238,7 +252,9 @@ def test_mps_needs_the_mps_root_and_refuses_mixed_as_nvidia_does() -> None:
 
 def test_settings_that_cannot_apply_here_are_noted_not_refused() -> None:
     resolved = resolve_settings(
-        {"device_discovery_strategy": "tegra"}, {"GFD_USE_NODE_FEATURE_API": "true"}, {"device_list_strategy": ()}
+        {"device_discovery_strategy": "tegra"},
+        {"GFD_USE_NODE_FEATURE_API": "true"},
+        {"device_list_strategy": ()},
     )
     assert resolved.config.device_discovery_strategy is DeviceDiscoveryStrategy.TEGRA
     assert resolved.notes == (
@@ -254,5 +270,8 @@ def test_sharing_strategy_follows_nvidia() -> None:
     time_slicing = ReplicatedResources(resources=(ReplicatedResource("nvidia.com/gpu", 2),))
     assert Sharing(time_slicing=time_slicing).strategy == "time-slicing"
     assert Sharing(time_slicing=time_slicing, mps=mps(("nvidia.com/gpu", 3)).mps).strategy == "mps"
-    assert Sharing(time_slicing=time_slicing, mps=mps(("nvidia.com/gpu", 3)).mps).active.resources[0].replicas == 3
+    assert (
+        Sharing(time_slicing=time_slicing, mps=mps(("nvidia.com/gpu", 3)).mps).active.resources[0].replicas
+        == 3
+    )
     assert Sharing().strategy == "none" and Sharing().active == ReplicatedResources()

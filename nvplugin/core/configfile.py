@@ -483,7 +483,10 @@ def flag_only_settings(config: Config) -> dict[str, str]:
     for option in OPTIONS:
         value = getattr(config, option.field)
         if not option.file_keys and value != getattr(default, option.field):
-            shown[option.flag] = "off" if value is None else str(value)
+            if isinstance(value, bool):
+                shown[option.flag] = "true" if value else "false"
+            else:
+                shown[option.flag] = "off" if value is None else str(value)
     return shown
 
 

@@ -61,7 +61,12 @@ def test_scalars_read_as_go_yaml_reads_them(scalar: str, value: object, loader: 
 
 
 def test_keys_become_text_as_in_sigs_yaml(loader: Any) -> None:
-    assert decode("1: a\ntrue: b\n1.5: c\nname: d", loader) == {"1": "a", "true": "b", "1.5": "c", "name": "d"}
+    assert decode("1: a\ntrue: b\n1.5: c\nname: d", loader) == {
+        "1": "a",
+        "true": "b",
+        "1.5": "c",
+        "name": "d",
+    }
     # A plain y or n is a boolean to go-yaml, keys included.
     assert decode("y: 1\nn: 2", loader) == {"true": 1, "false": 2}
 
@@ -109,7 +114,9 @@ def billion_laughs(levels: int = 9) -> str:
 
 def test_alias_bomb_is_refused_while_composing(loader: Any) -> None:
     message = refused(billion_laughs(), loader)
-    assert message.startswith(f"c.yaml: refused: more than {MAX_NODES} values (aliases counted as the values they repeat)")
+    assert message.startswith(
+        f"c.yaml: refused: more than {MAX_NODES} values (aliases counted as the values they repeat)"
+    )
     assert "(line 5," in message  # stopped on the level that crosses the bound, not after expanding
 
 
@@ -128,7 +135,9 @@ def test_deep_nesting_is_refused(loader: Any) -> None:
 
 def test_depth_counts_what_an_alias_brings(loader: Any) -> None:
     nested = "[" * 40 + "]" * 40
-    assert "nested more than 64 levels deep" in refused(f"a: &d {nested}\nb: {'[' * 30}*d{']' * 30}\n", loader)
+    assert "nested more than 64 levels deep" in refused(
+        f"a: &d {nested}\nb: {'[' * 30}*d{']' * 30}\n", loader
+    )
 
 
 def test_nesting_at_the_bound_is_accepted(loader: Any) -> None:
@@ -148,7 +157,10 @@ def test_recursive_alias_is_refused(loader: Any) -> None:
 
 def test_size_is_bounded(loader: Any) -> None:
     big = "a: " + "x" * MAX_CONFIG_BYTES
-    assert refused(big, loader) == f"c.yaml: the config is {len(big)} bytes; expected at most {MAX_CONFIG_BYTES} (1 MiB)"
+    assert (
+        refused(big, loader)
+        == f"c.yaml: the config is {len(big)} bytes; expected at most {MAX_CONFIG_BYTES} (1 MiB)"
+    )
 
 
 @pytest.mark.parametrize(

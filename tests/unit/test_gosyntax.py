@@ -40,7 +40,8 @@ def test_parse_bool_accepts_go_spellings(text: str, value: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "yes", "no", "on", "off", "y", "n", "TrUe", "tRUE", "fAlse", " true", "true ", "2", "-1", "10"]
+    "text",
+    ["", "yes", "no", "on", "off", "y", "n", "TrUe", "tRUE", "fAlse", " true", "true ", "2", "-1", "10"],
 )
 def test_parse_bool_refuses_everything_else(text: str) -> None:
     with pytest.raises(GoSyntaxError) as caught:
@@ -167,7 +168,9 @@ def test_parse_int_is_base_zero_parseint(text: str, value: int) -> None:
     assert parse_int(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "08", "1__0", "_1", "1_", "0x", "1.0", "one", "9223372036854775808", "1" * 200])
+@pytest.mark.parametrize(
+    "text", ["", "08", "1__0", "_1", "1_", "0x", "1.0", "one", "9223372036854775808", "1" * 200]
+)
 def test_parse_int_refuses(text: str) -> None:
     with pytest.raises(GoSyntaxError):
         parse_int(text)
