@@ -238,7 +238,7 @@ def mps(*resources: tuple[str, int]) -> Sharing:
 def test_mps_needs_the_mps_root_and_refuses_mixed_as_nvidia_does() -> None:
     sharing = mps(("nvidia.com/gpu", 4))
     with pytest.raises(
-        ConfigError, match="sharing.mps needs the MPS root: set --mps-root, MPS_ROOT or flags.mpsRoot"
+        ConfigError, match=r"sharing\.mps needs the MPS root: set --mps-root, MPS_ROOT or flags\.mpsRoot"
     ):
         resolve({}, {}, {"sharing": sharing})
     with pytest.raises(
