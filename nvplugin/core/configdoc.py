@@ -221,6 +221,13 @@ class _PythonLoader(
 ):
     """Everything in Python: used where PyYAML was built without libyaml."""
 
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        # PyYAML's scanner tracks a possible simple key per open flow collection and scans
+        # them all on every token: refused here, deep flow nesting would take quadratic time.
+        if self.flow_level >= MAX_DEPTH:
+            raise _Refused(f"nested more than {MAX_DEPTH} levels deep", self.get_mark())
+        super().fetch_flow_collection_start(token_class)
+
     def __init__(self, stream: bytes | str) -> None:
         yaml.reader.Reader.__init__(self, stream)
         yaml.scanner.Scanner.__init__(self)
