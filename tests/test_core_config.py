@@ -275,3 +275,8 @@ def test_sharing_strategy_follows_nvidia() -> None:
         == 3
     )
     assert Sharing().strategy == "none" and Sharing().active == ReplicatedResources()
+
+
+def test_a_list_of_only_commas_is_not_set() -> None:
+    assert resolve({}, {"DEVICE_LIST_STRATEGY": " , "}).device_list_strategy == ("envvar",)
+    assert resolve({"device_list_strategy": [","]}, {}).device_list_strategy == ("envvar",)

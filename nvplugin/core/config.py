@@ -563,10 +563,11 @@ def duration_seconds(ns: int) -> float:
     return math.inf if ns == gosyntax.INFINITE_NS else ns / 1e9
 
 
-def _is_empty(raw: object) -> bool:
-    if isinstance(raw, str):
-        return not raw.strip()
-    return isinstance(raw, list | tuple) and not _split(raw)
+def _is_empty(option: Option, raw: object) -> bool:
+    """Nothing given: blank text, or (for a list) only commas and blanks."""
+    if option.kind in (Kind.LIST, Kind.INTS) or isinstance(raw, list | tuple):
+        return not _split(raw)
+    return isinstance(raw, str) and not raw.strip()
 
 
 # --- resolution
@@ -624,7 +625,7 @@ def _from_flag(option: Option, flags: Mapping[str, object]) -> tuple[Any, str] |
     if raw is None:
         return None
     where = option.flag_names
-    if _is_empty(raw):
+    if _is_empty(option, raw):
         if option.refuse_empty:
             raise ConfigError(f"{where}: {option.refuse_empty}")
         if option.kind is not Kind.BOOL:
@@ -634,7 +635,7 @@ def _from_flag(option: Option, flags: Mapping[str, object]) -> tuple[Any, str] |
 
 def _from_env(option: Option, env: Mapping[str, str], notes: list[str]) -> tuple[Any, str] | None:
     present = [
-        name for name in option.envs if name in env and (env[name].strip() or option.kind is Kind.BOOL)
+        n for n in option.envs if n in env and (option.kind is Kind.BOOL or not _is_empty(option, env[n]))
     ]
     if not present:
         blank = next((name for name in option.envs if name in env), None)
