@@ -216,6 +216,7 @@ def test_durations_and_infinite() -> None:
         ({"node_name": "n" * 300}, {}, "--node-name: 300 bytes long; expected at most 253"),
         ({"fake_gpus": "65"}, {}, "from 0 to 64"),
         ({"fake_gpus": "-1"}, {}, "from 0 to 64"),
+        ({"fake_gpus": "9" * 5000}, {}, "from 0 to 64"),
     ],
 )
 def test_errors_name_the_source_and_the_expectation(

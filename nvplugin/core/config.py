@@ -282,7 +282,7 @@ def _choice(enum: type[_E]) -> Callable[[str, str], _E]:
 
 def check_device_list_strategy(where: str, values: tuple[str, ...]) -> tuple[DeviceListStrategy, ...]:
     names = ", ".join(e.value for e in DeviceListStrategy)
-    bad = [v for v in values if v not in names.split(", ")]
+    bad = [v for v in values if v not in {e.value for e in DeviceListStrategy}]
     if bad:
         raise ConfigError(f"{where}: expected one or more of {names}; got {', '.join(map(repr, bad))}")
     return tuple(dict.fromkeys(DeviceListStrategy(v) for v in values))
@@ -306,8 +306,10 @@ def parse_fake_gpus(where: str, value: str) -> str:
         raise ConfigError(
             f"{where}: expected a GPU count (0-{MAX_FAKE_GPUS}) or a layout file, got an empty value"
         )
-    if text.lstrip("+-").isdigit() and not (text.isdigit() and int(text) <= MAX_FAKE_GPUS):
-        raise ConfigError(f"{where}: expected a GPU count from 0 to {MAX_FAKE_GPUS}, got {text}")
+    if text.lstrip("+-").isdecimal():  # a count: at most MAX_FAKE_GPUS, no sign
+        digits = text.lstrip("0") or "0"
+        if not (text.isascii() and text.isdigit() and len(digits) <= 2 and int(digits) <= MAX_FAKE_GPUS):
+            raise ConfigError(f"{where}: expected a GPU count from 0 to {MAX_FAKE_GPUS}, got {text[:40]}")
     return check_path(where, text)
 
 

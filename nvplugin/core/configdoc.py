@@ -98,7 +98,7 @@ def _number(text: str) -> object:
             value = None
         if value is not None and INT64_MIN <= value <= _UINT64_MAX:
             return value
-    if _FLOAT_PATTERN.match(plain) if text[0] != "." else _FLOAT_PATTERN.match(text):
+    if _FLOAT_PATTERN.match(text if text.startswith(".") else plain):  # go-yaml: no _ after a leading .
         number = float(plain)
         if math.isfinite(number):
             return number
@@ -267,7 +267,7 @@ def decode_config_text(name: str, data: bytes | str, loader_class: type[Any] = L
         raise ConfigError(f"{name}: refused: {exc}{_where(exc.mark)}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}: not valid YAML or JSON: {_yaml_problem(exc)}") from None
-    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+    except (ValueError, TypeError, AttributeError, LookupError, OverflowError, RecursionError) as exc:
         # PyYAML's own constructors fail this way on some malformed explicit tags
         # (`!!timestamp x`); the document is bad, not the agent.
         raise ConfigError(f"{name}: not valid YAML or JSON: {type(exc).__name__}: {exc}") from None

@@ -52,6 +52,7 @@ _TOP_KEYS = ("version", "flags", "resources", "sharing", "imex", "health")
 _SHARING_KEYS = ("timeSlicing", "mps")
 _REPLICATED_KEYS = ("renameByDefault", "failRequestsGreaterThanOne", "resources")
 _RESOURCE_KEYS = ("name", "replicas", "rename", "devices")
+MAX_WARNINGS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,8 @@ class _Reader:
         section = self.mapping(path, data)
         folded = {k.lower(): k for k in known}
         found: dict[str, Any] = {}
-        for key, value in section.items():
+        for raw_key, value in section.items():
+            key = str(raw_key)  # decoded documents have text keys; a caller's dict may not
             if key in known:
                 found[key] = value
             elif fold and key.lower() in folded:
@@ -122,13 +124,14 @@ class _Reader:
         return found
 
     def unknown_key(self, path: str, key: str, known: Sequence[str]) -> None:
-        close = difflib.get_close_matches(key, known, n=1)
+        shown = key if len(key) <= 80 else key[:77] + "..."
+        close = difflib.get_close_matches(shown, known, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         expected = f"expected one of {', '.join(known)}"
         if self.strict:
-            raise self.error(_join(path, key), f"unknown key; {hint}{expected} (strict mode)")
-        self.unknown.append(_join(path, key))
-        self.warn(_join(path, key), f"unknown key, ignored (as NVIDIA ignores it); {hint}{expected}")
+            raise self.error(_join(path, shown), f"unknown key; {hint}{expected} (strict mode)")
+        self.unknown.append(_join(path, shown))
+        self.warn(_join(path, shown), f"unknown key, ignored (as NVIDIA ignores it); {hint}{expected}")
 
     def option(self, path: str, option: Option, raw: object) -> None:
         """A flag's value from the file, typed as Go reads it, checked like the flag."""
@@ -240,10 +243,16 @@ def parse_config_file(data: object, file_name: str = "config file", *, strict: b
     health = top.get("health")
     if health is not None:
         _check_health(reader, health)
+    warnings = reader.warnings
+    if len(warnings) > MAX_WARNINGS:  # a file of 10,000 unknown keys must not flood the log
+        warnings = [
+            *warnings[:MAX_WARNINGS],
+            f"{file_name}: {len(warnings) - MAX_WARNINGS} more warnings not shown",
+        ]
     return ConfigFile(
         values=reader.values,
         sources=reader.sources,
-        warnings=tuple(reader.warnings),
+        warnings=tuple(warnings),
         unknown_keys=tuple(reader.unknown),
         health=health,
     )

@@ -575,3 +575,12 @@ def test_file_values_name_their_path_in_later_errors() -> None:
     )
     with pytest.raises(ConfigError, match=r"mig-strategy mixed \(config\.yaml: flags\.migStrategy\)"):
         resolve_settings({}, {"MPS_ROOT": "/run/nvidia/mps"}, file.values, file.sources)
+
+
+def test_warnings_are_bounded_and_long_keys_shortened() -> None:
+    result = parsed({"flags": {f"unknown{i}": i for i in range(200)} | {"k" * 5000: 1}})
+    assert len(result.unknown_keys) == 201
+    assert len(result.warnings) == 51
+    assert result.warnings[-1] == "config.yaml: 151 more warnings not shown"
+    assert "flags." + "k" * 77 + "..." in result.unknown_keys
+    assert parsed({"flags": {1: "a"}}).unknown_keys == ("flags.1",)
