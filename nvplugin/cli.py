@@ -32,7 +32,9 @@ EXIT_USAGE = 2
 def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     """Every setting of OPTIONS as a flag under all of NVIDIA's names; the default None means
     'not given' (env or file decide). A bare boolean flag means true (`--oneshot`), and
-    `--oneshot=false` works; list flags may be repeated or take a comma list."""
+    `--oneshot=false` works; list flags may be repeated or take a comma list. A command's own
+    flag added later wins over a config flag's name (doctor's --output over GFD's alias)."""
+    parser.conflict_handler = "resolve"
     for option in OPTIONS:
         if option.field in skip:
             continue

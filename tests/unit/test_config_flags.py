@@ -54,3 +54,11 @@ def test_values_are_go_values() -> None:
         parsed("--kube-api-qps", "2.5").kube_api_qps,
         parsed("--kube-api-burst", "0x20").kube_api_burst,
     ) == (2.5, 32)
+
+
+def test_a_commands_own_flag_wins_over_a_config_alias() -> None:
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    parser.add_argument("--output", choices=("text", "json"), default="text")
+    args = parser.parse_args(["--output", "json", "-o", "/tmp/gfd"])
+    assert (args.output, flags_from_args(args)["gfd_output_file"]) == ("json", "/tmp/gfd")
