@@ -34,7 +34,8 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
     'not given' (env or file decide). A bare boolean flag means true (`--oneshot`), and
     `--oneshot=false` works; list flags may be repeated or take a comma list. A command's own
     flag added later wins over a config flag's name (doctor's --output over GFD's alias)."""
-    parser.conflict_handler = "resolve"
+    # argparse checks conflicts in the group an argument is added to: the parser's optionals.
+    parser.conflict_handler = parser._optionals.conflict_handler = "resolve"
     for option in OPTIONS:
         if option.field in skip:
             continue
