@@ -20,8 +20,8 @@ from datetime import datetime
 from pathlib import Path
 
 from benchmarks.timing import time_calls
-from nvplugin.core.config import ConfigError, resolve_settings
-from nvplugin.core.configdoc import LOADERS, MAX_CONFIG_BYTES, decode_config_text
+from nvplugin.configload.yamlreader import LOADERS, decode_config_text
+from nvplugin.core.config import MAX_CONFIG_BYTES, ConfigError, resolve_settings
 from nvplugin.core.configfile import parse_config_file
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "nvidia-configs"

@@ -200,7 +200,11 @@ def test_durations_and_infinite() -> None:
         ({"kube_api_burst": "10000000"}, {}, "expected a whole number from 0 to 1000000"),
         ({"kubelet_socket": "/var/lib/kubelet/"}, {}, "got a directory"),
         ({"kubelet_socket": "/var/lib/kubelet/.."}, {}, "got a directory"),
-        ({"kubelet_socket": "/" + "k" * 107}, {}, "108 bytes long; a unix socket path holds at most 107"),
+        (
+            {"kubelet_socket": "/" + "k" * 107},
+            {},
+            "108 bytes is longer than a unix socket allows (107); use a shorter --kubelet-socket path",
+        ),
         ({"kubelet_socket": "/tmp/k\0.sock"}, {}, "--kubelet-socket: contains a NUL byte"),
         ({"kubelet_socket": "  "}, {}, "--kubelet-socket: expected the kubelet's socket path"),
         (

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 import yaml
 
 from nvplugin.configload import CONFIG_FILE_OPTION, LoadedConfig, load_with_file, read_config_bytes
+from nvplugin.configload.yamlreader import decode_config_text
 from nvplugin.core.config import ConfigError
-from nvplugin.core.configdoc import decode_config_text
 from nvplugin.core.configfile import effective_document, flag_only_settings, parse_config_file
 
 EXIT_VALID = 0

@@ -35,6 +35,8 @@ SHARED_SUFFIX = ".shared"
 # Bounds. A path longer than PATH_MAX cannot be opened; a unix socket path has 108 bytes
 # including its NUL; more replicas than this is a typo, not a sharing plan.
 MAX_PATH_BYTES = 4096
+# A config file (or ConfigMap entry); NVIDIA's are a few hundred bytes.
+MAX_CONFIG_BYTES = 1 << 20
 MAX_UNIX_SOCKET_PATH_BYTES = 107
 MAX_NAME_LENGTH = 253
 MAX_REPLICAS = 4096
@@ -260,7 +262,8 @@ def check_socket_path(where: str, value: str) -> str:
     size = len(path.encode("utf-8", "surrogateescape"))
     if size > MAX_UNIX_SOCKET_PATH_BYTES:
         raise ConfigError(
-            f"{where}: {size} bytes long; a unix socket path holds at most {MAX_UNIX_SOCKET_PATH_BYTES}"
+            f"{where}: {size} bytes is longer than a unix socket allows ({MAX_UNIX_SOCKET_PATH_BYTES}); "
+            "use a shorter --kubelet-socket path"
         )
     return path
 

@@ -1,6 +1,6 @@
 """NVIDIA's v1 config file, checked and turned into Config field values.
 
-Pure: the document comes decoded (core.configdoc, read the way NVIDIA's Go YAML reader reads
+Pure: the document comes decoded (nvplugin.configload, read the way NVIDIA's Go YAML reader reads
 it). What NVIDIA v0.20 accepts is accepted, with its meaning:
 
 - Keys are matched the way Go's encoding/json matches struct fields: exactly, else ignoring

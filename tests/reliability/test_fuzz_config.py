@@ -21,8 +21,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nvplugin.configload.yamlreader import LOADERS, decode_config_text
 from nvplugin.core.config import OPTIONS, Config, ConfigError, resolve_settings
-from nvplugin.core.configdoc import LOADERS, decode_config_text
 from nvplugin.core.configfile import parse_config_file
 
 EXAMPLES = int(os.environ.get("NVPLUGIN_FUZZ_EXAMPLES", "200"))

@@ -358,7 +358,10 @@ def test_durations_are_go_durations_and_a_bare_number_is_nanoseconds() -> None:
             {"flags": {"plugin": {"kubeletSocket": ""}}},
             "flags.plugin.kubeletSocket: expected the kubelet's socket path",
         ),
-        ({"flags": {"plugin": {"kubeletSocket": "/k/" + "s" * 110}}}, "a unix socket path holds at most 107"),
+        (
+            {"flags": {"plugin": {"kubeletSocket": "/k/" + "s" * 110}}},
+            "is longer than a unix socket allows (107)",
+        ),
         (
             {"flags": {"nvidiaDriverRoot": ["/"]}},
             "config.yaml: flags.nvidiaDriverRoot: expected a string, got a list",

@@ -12,9 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nvplugin.configload import ConfigSource, load, load_config, load_with_file, read_config_file
-from nvplugin.core.config import ConfigError
-from nvplugin.core.configdoc import MAX_CONFIG_BYTES
+from nvplugin.configload import (
+    ConfigSource,
+    load,
+    load_config,
+    load_with_file,
+    read_config_file,
+)
+from nvplugin.core.config import MAX_CONFIG_BYTES, ConfigError
 from nvplugin.core.configfile import effective_document, parse_config_file
 
 GOOD = """\

@@ -12,8 +12,8 @@ import pytest
 
 from nvplugin.commands.check_config import configmap_entries
 from nvplugin.configload import LoadedConfig, load, load_with_file, read_config_bytes
+from nvplugin.configload.yamlreader import decode_config_text
 from nvplugin.core.config import ConfigError, SharingStrategy
-from nvplugin.core.configdoc import decode_config_text
 from nvplugin.core.configfile import parse_config_file
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "nvidia-configs"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from nvplugin.core.config import ConfigError
-from nvplugin.core.configdoc import LOADERS, MAX_CONFIG_BYTES, MAX_DEPTH, MAX_NODES, decode_config_text
+from nvplugin.configload.yamlreader import LOADERS, MAX_DEPTH, MAX_NODES, decode_config_text
+from nvplugin.core.config import MAX_CONFIG_BYTES, ConfigError
 
 
 @pytest.fixture(params=LOADERS, ids=lambda loader: loader.__name__)

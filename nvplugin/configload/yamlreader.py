@@ -1,7 +1,6 @@
-"""Config text -> plain Python data, bounded, read the way NVIDIA's Go YAML reader reads it.
+"""Config text -> plain data, bounded, read the way NVIDIA's Go reader reads it.
 
-NVIDIA reads config files (YAML or JSON alike) with sigs.k8s.io/yaml over go-yaml v2. Two
-things matter here:
+NVIDIA reads config files (YAML or JSON alike) with sigs.k8s.io/yaml over go-yaml v2:
 
 - Meaning. go-yaml v2 resolves plain scalars differently from PyYAML's YAML 1.1 defaults: `y`
   and `n` are booleans, `1:30` is a string (PyYAML: sexagesimal 90), `2024-01-01` is not turned
@@ -13,7 +12,7 @@ things matter here:
   stands for - are limited, so an alias bomb or a deeply nested document is refused in
   milliseconds instead of exhausting memory later. Recursive aliases are refused (go-yaml too).
 
-Pure: no I/O; the shell reads the file and hands over its bytes.
+Imported only when a config file is read: `nvplugin run` without one never loads PyYAML.
 """
 
 from __future__ import annotations
@@ -30,10 +29,9 @@ from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import BaseResolver
 
-from nvplugin.core.config import ConfigError
+from nvplugin.core.config import MAX_CONFIG_BYTES, ConfigError
 from nvplugin.core.gosyntax import INT64_MIN, base0_value, format_float32
 
-MAX_CONFIG_BYTES = 1 << 20
 MAX_DEPTH = 64
 # Nodes after alias expansion. A full NVIDIA config has about a hundred; a long health section
 # a few hundred.

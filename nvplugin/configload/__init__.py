@@ -1,12 +1,12 @@
 """Loading the configuration: flags, environment and the config file, at start and on SIGHUP.
 
-The shell side of nvplugin.core.config, core.configdoc and core.configfile: it reads the file
-named by --config-file / CONFIG_FILE / GFD_CONFIG_FILE (YAML or JSON, at most 1 MiB, a regular
-file: never a FIFO that would block), then resolves flag > env > file > default. Every problem
-is a ConfigError whose message is written for the user: the CLI prints it and exits non-zero
-before touching any socket; a reload logs it and keeps the running config. What was accepted but
-deserves a word (unknown keys NVIDIA ignores, settings that cannot apply here) comes back as
-warnings, one line each, for the caller to log.
+The shell side of nvplugin.core.config and core.configfile: it reads the file named by
+--config-file / CONFIG_FILE / GFD_CONFIG_FILE (YAML or JSON, at most 1 MiB, a regular file: never
+a FIFO that would block), decodes it the way NVIDIA's Go reader does (below), then resolves
+flag > env > file > default. Every problem is a ConfigError whose message is written for the
+user: the CLI prints it and exits non-zero before touching any socket; a reload logs it and keeps
+the running config. What was accepted but deserves a word (unknown keys NVIDIA ignores, settings
+that cannot apply here) comes back as warnings, one line each, for the caller to log.
 """
 
 from __future__ import annotations
@@ -17,8 +17,14 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nvplugin.core.config import OPTION_BY_FIELD, Config, ConfigError, read_text, resolve_settings
-from nvplugin.core.configdoc import MAX_CONFIG_BYTES, decode_config_text
+from nvplugin.core.config import (
+    MAX_CONFIG_BYTES,
+    OPTION_BY_FIELD,
+    Config,
+    ConfigError,
+    read_text,
+    resolve_settings,
+)
 from nvplugin.core.configfile import ConfigFile, parse_config_file
 from nvplugin.core.xid import DEFAULT_POLICY, HealthPolicy, resolve_health_policy
 
@@ -60,6 +66,8 @@ def read_config_bytes(path: str) -> bytes:
 def read_config_file(path: str, *, strict: bool = False) -> ConfigFile:
     """Read and check a v1 config file; ConfigError names the file and what is wrong. `strict`
     refuses keys NVIDIA does not know (they are warnings otherwise)."""
+    from nvplugin.configload.yamlreader import decode_config_text  # PyYAML: only when a file is read
+
     return parse_config_file(decode_config_text(path, read_config_bytes(path)), path, strict=strict)
 
 
