@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nvplugin import __version__
-from nvplugin.core.config import OPTIONS, Config, ConfigError
+from nvplugin.core.config import OPTIONS, Config, ConfigError, Kind
 from nvplugin.logs import add_logging_flags, setup_logging
 
 if TYPE_CHECKING:
@@ -31,15 +31,22 @@ EXIT_USAGE = 2
 
 
 def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
-    """Every setting of OPTIONS as a flag; the default None means 'not given' (env or file decide)."""
+    """Every setting of OPTIONS as a flag under all of NVIDIA's names; the default None means
+    'not given' (env or file decide). A bare boolean flag means true (`--oneshot`), and
+    `--oneshot=false` works; list flags may be repeated or take a comma list. A command's own
+    flag added later wins over a config flag's name (doctor's --output over GFD's alias)."""
+    # argparse checks conflicts in the group an argument is added to: the parser's optionals.
+    parser.conflict_handler = parser._optionals.conflict_handler = "resolve"
     for option in OPTIONS:
         if option.field in skip:
             continue
-        env = f" [env {option.env}]" if option.env else ""
-        kwargs: dict[str, object] = {"dest": option.field, "default": None, "metavar": option.metavar}
-        if option.is_bool:
+        env = f" [env {', '.join(option.envs)}]" if option.envs else ""
+        kwargs: dict[str, Any] = {"dest": option.field, "default": None, "metavar": option.metavar}
+        if option.kind is Kind.BOOL:
             kwargs.update(nargs="?", const="true")
-        parser.add_argument(option.flag, help=option.help + env, **kwargs)  # type: ignore[arg-type]
+        elif option.kind in (Kind.LIST, Kind.INTS):
+            kwargs.update(action="append")
+        parser.add_argument(*option.flags, help=option.help + env, **kwargs)
 
 
 def _add_fake_control_flag(parser: argparse.ArgumentParser) -> None:

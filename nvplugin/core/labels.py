@@ -441,13 +441,14 @@ def sharing_for(
 ) -> Sharing:
     """How resource `name` (its unrenamed name) is shared: from the advertised resource when
     there is one (its replica IDs and rename are what the kubelet sees), else from the config's
-    sharing.timeSlicing entry for it, as GFD reads it (where the Config has that section)."""
+    sharing entry for it (sharing.mps, else sharing.timeSlicing), as GFD reads it."""
     for resource in resources:
         if base_resource_name(resource) == name:
             return sharing_of(resource, strategy)
-    time_slicing = getattr(getattr(config, "sharing", None), "time_slicing", None)
-    if time_slicing is not None:
-        wanted = time_slicing.for_resource(name)
+    sharing = getattr(config, "sharing", None)
+    replicated = getattr(sharing, "active", None) or getattr(sharing, "time_slicing", None)
+    if replicated is not None:
+        wanted = replicated.for_resource(name)
         if wanted is not None and wanted.replicas > 1:
             return Sharing(
                 replicas=int(wanted.replicas), strategy=strategy, renamed=wanted.rename is not None
