@@ -41,7 +41,9 @@ time.sleep(float(sys.argv[1]))
 
 def control(pipe_dir: str, command: str, binary: str) -> str:
     env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": pipe_dir}
-    result = subprocess.run([binary], input=command + "\n", capture_output=True, text=True, env=env, timeout=20)
+    result = subprocess.run(
+        [binary], input=command + "\n", capture_output=True, text=True, env=env, timeout=20
+    )
     return (result.stdout + result.stderr).strip()
 
 
@@ -72,7 +74,11 @@ def main() -> int:
         }
         clients = [
             subprocess.Popen(
-                [sys.executable, "-c", CLIENT, "3"], env=client_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                [sys.executable, "-c", CLIENT, "3"],
+                env=client_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             for _ in range(2)
         ]
@@ -87,7 +93,9 @@ def main() -> int:
             text=True,
         ).stdout.strip()
         record["nvidia_smi_types"] = [
-            line for line in subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout.splitlines() if "M+C" in line or " C " in line
+            line
+            for line in subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout.splitlines()
+            if "M+C" in line or " C " in line
         ]
         outputs = []
         for client in clients:
