@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -129,10 +130,8 @@ async def main(kubelet_socket: str, count: int) -> None:
         server.close()
         # On Python 3.12+ wait_closed also waits for every client connection to close, and the
         # kubelet keeps its own open: bounded, as nvplugin bounds its own.
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 0.05)
-        except TimeoutError:
-            pass
         if os.path.exists(path):
             os.unlink(path)
 
