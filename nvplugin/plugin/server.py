@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.server import Server
@@ -25,20 +26,24 @@ from nvplugin.core.allocation import (
     ContainerAllocation,
     check_request,
     container_allocation,
-    preferred_allocation,
-    preferred_shared_allocation,
+    preferred_in_order,
 )
 from nvplugin.core.config import Config
-from nvplugin.core.placement import preferred_allocation as topology_preferred_allocation
+from nvplugin.core.placement import preferred_devices
 from nvplugin.core.resources import Resource
 from nvplugin.core.wire import encode_list_and_watch
 from nvplugin.observability import NULL_METRICS, Metrics
+from nvplugin.plugin.guard import GuardedServable
 from nvplugin.state import NodeState
 
 log = logging.getLogger(__name__)
 
 # Sent identically in Register and GetDevicePluginOptions: the kubelet trusts the latter.
 PLUGIN_OPTIONS = api.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
+
+# The kubelet sends one container request per Allocate and GetPreferredAllocation call; the
+# API allows more. Past this many, the work and the answer would grow with the request.
+MAX_CONTAINER_REQUESTS = 128
 
 _socket_counter = itertools.count()
 
@@ -160,67 +165,74 @@ class DevicePluginServicer(api.DevicePluginBase):
     async def get_preferred_allocation(
         self, message: api.PreferredAllocationRequest
     ) -> api.PreferredAllocationResponse:
-        # A hint only, and an error fails pod admission: always answer.
+        # A hint only, and an error fails pod admission: every request the kubelet can send
+        # gets an answer (core.allocation.PreferenceRequest says what it promises).
         started = anyio.current_time()
-        resource = self._resource()
-        response = api.PreferredAllocationResponse(
-            container_responses=[
+        try:
+            self._check_container_count(len(message.container_requests))
+        except AllocationError as exc:
+            log.warning("GetPreferredAllocation refused: %s", exc)
+            self._metrics.preferred_allocation(self.resource_name, anyio.current_time() - started, False)
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        answers = []
+        for request in message.container_requests:
+            answers.append(
                 api.ContainerPreferredAllocationResponse(
                     device_i_ds=self._preferred(
-                        resource,
-                        request.available_deviceIDs,
-                        request.must_include_deviceIDs,
-                        request.allocation_size,
+                        request.available_deviceIDs, request.must_include_deviceIDs, request.allocation_size
                     )
                 )
-                for request in message.container_requests
-            ]
-        )
+            )
+            # One container's search is bounded (placement's budget); let others in between.
+            await anyio.lowlevel.checkpoint()
         self._metrics.preferred_allocation(self.resource_name, anyio.current_time() - started, True)
-        return response
+        return api.PreferredAllocationResponse(container_responses=answers)
 
-    def _preferred(self, resource: Resource, available: list[str], must: list[str], size: int) -> list[str]:
+    def _preferred(self, available: list[str], must: list[str], size: int) -> list[str]:
         """From the topology read at discovery, never from NVML. Never raises: the answer is a
         hint, and an error would fail pod admission."""
-        policy = self._config.shared_devices_allocation_policy
+        resource = self._resource()
         try:
-            if resource.replicas > 1:
-                # Time-sliced replicas: NVIDIA's greedy choice, for parity.
-                return preferred_shared_allocation(resource, available, must, size, policy)
-            # Full GPUs by NVLink/PCIe/NUMA; MIG devices spread or packed over their GPUs.
-            return topology_preferred_allocation(
+            return preferred_devices(
                 self._state.inventory.topology,
                 resource,
                 available,
                 must,
                 size,
                 unhealthy=self._state.unhealthy,
-                policy=policy,
+                policy=self._config.shared_devices_allocation_policy,
             )
         except Exception:
             log.exception("GetPreferredAllocation: the preference policy failed; answering in order")
-            return preferred_allocation(available, must, size)
+            return preferred_in_order(resource, available, must, size)
 
     async def allocate(self, message: api.AllocateRequest) -> api.AllocateResponse:
         started = anyio.current_time()
-        resource = self._resource()
-        unhealthy = self._state.unhealthy
         responses = []
         try:
             if not message.container_requests:
                 raise AllocationError(f"{self.resource_name}: the request has no container requests")
+            self._check_container_count(len(message.container_requests))
             for request in message.container_requests:
-                devices = check_request(resource, request.devices_ids, unhealthy)
+                devices = check_request(self._resource(), request.devices_ids, self._state.unhealthy)
                 allocation = container_allocation(
                     devices, self._config, existing_control_nodes=self._control_nodes
                 )
                 responses.append(to_proto_allocation(allocation))
+                await anyio.lowlevel.checkpoint()
         except AllocationError as exc:
             log.warning("Allocate refused: %s", exc)
             self._observe_allocate(started, ok=False)
             raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         self._observe_allocate(started, ok=True)
         return api.AllocateResponse(container_responses=responses)
+
+    def _check_container_count(self, count: int) -> None:
+        if count > MAX_CONTAINER_REQUESTS:
+            raise AllocationError(
+                f"{self.resource_name}: {count} container requests in one call; at most "
+                f"{MAX_CONTAINER_REQUESTS} are served per call (the kubelet sends one)"
+            )
 
     def _observe_allocate(self, started: float, ok: bool) -> None:
         self._metrics.allocation(self.resource_name, anyio.current_time() - started, ok)
@@ -283,7 +295,7 @@ class PluginServer:
                 f"socket path {self.socket_path!r} is longer than a unix socket allows (107 bytes): "
                 "use a shorter --kubelet-socket directory"
             )
-        server = _TrackingServer([self.servicer])
+        server = _TrackingServer([GuardedServable(self.servicer)])
         await server.start(path=self.socket_path)
         self._server = server  # only a started server is stopped later
         log.debug("serving %s on %s", self.resource_name, self.socket_path)

@@ -1,0 +1,158 @@
+"""Reading gRPC requests within bounds, with a clear status for every malformed one.
+
+grpclib reads a request whole, whatever length its prefix declares (a 64 MiB request once
+held the loop 9 s and took 455 MB), and answers any decoding problem with UNKNOWN "Internal
+Server Error" and a traceback. A `GuardedServable` wraps a generated servicer so that each
+handler reads its request itself, from the HTTP/2 stream, before the servicer's code runs:
+
+- the 5-byte gRPC message prefix first. A declared length over `max_request_bytes` is refused
+  with RESOURCE_EXHAUSTED before any of the body is read. grpclib acknowledges DATA frames
+  (HTTP/2 flow control) only as they are read, so a peer cannot push more than one flow-control
+  window (grpclib's default: 4 MiB per stream and per connection) before the refusal; the
+  stream is then reset and what it pushed is dropped with it.
+- compressed-flag 1: UNIMPLEMENTED, gRPC's status for a compression the server does not
+  support (this one supports none); any other value but 0: INVALID_ARGUMENT.
+- no message at all: UNIMPLEMENTED, gRPC's status for a request cardinality violation.
+- a message cut short by the end of the stream, or bytes that do not decode as the request
+  type: INVALID_ARGUMENT.
+- a request not received whole within `REQUEST_READ_TIMEOUT`: DEADLINE_EXCEEDED (a stalled
+  peer does not hold a handler forever).
+Each refusal is one warning line, with the peer's input quoted only in excerpts.
+
+Bodies over `INLINE_DECODE_BYTES` are decoded in a worker thread, one at a time per server:
+betterproto2 spends about 2 µs per field, so 4 MiB of tiny fields would hold the loop for
+seconds; in a thread, the loop keeps its share of the interpreter and keeps answering.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+from grpclib import GRPCError
+from grpclib.const import Handler, Status
+
+from nvplugin.core.excerpt import excerpt
+
+log = logging.getLogger(__name__)
+
+# The kubelet's requests are small (an Allocate names a few IDs; GetPreferredAllocation lists
+# the available ones: 16,000 time-sliced replicas are about 800 KB). 4 MiB is gRPC's default
+# receive limit, and the kubelet's own for our answers.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# Above this, decoding could hold the loop for more than a few milliseconds.
+INLINE_DECODE_BYTES = 16 * 1024
+# A real client sends its request at once; over a unix socket it arrives within milliseconds.
+REQUEST_READ_TIMEOUT = 10.0
+_PREFIX_BYTES = 5  # compressed flag, then the message length (big-endian uint32)
+
+HandlerFunc = Callable[[Any], Awaitable[None]]
+
+
+class GuardedServable:
+    """A grpclib servable (a generated *Base subclass) whose handlers read their request
+    through `read_request`. Pass it to grpclib's Server in place of the servicer."""
+
+    def __init__(self, servable: Any, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+        self._servable = servable
+        self.max_request_bytes = max_request_bytes
+        # Created on first use, inside the event loop.
+        self._large_decodes: anyio.CapacityLimiter | None = None
+
+    def __mapping__(self) -> Mapping[str, Handler]:
+        mapping: Mapping[str, Handler] = self._servable.__mapping__()
+        guarded = {}
+        for name, handler in mapping.items():
+            if handler.cardinality.client_streaming:
+                raise ValueError(f"{name}: only methods taking one request message can be guarded")
+            guarded[name] = handler._replace(func=self._guard(name, handler))
+        return guarded
+
+    def _guard(self, name: str, handler: Handler) -> HandlerFunc:
+        method = name.rpartition("/")[2]
+
+        async def guarded(stream: Any) -> None:
+            try:
+                request = await self.read_request(stream, handler.request_type)
+            except GRPCError as exc:
+                log.warning("%s: refused a malformed request: %s", method, exc.message)
+                raise
+            await handler.func(_ReceivedStream(stream, request))
+
+        return guarded
+
+    async def read_request(self, stream: Any, request_type: Any) -> Any:
+        """The one request message of a call, or GRPCError saying what is wrong with it."""
+        try:
+            with anyio.fail_after(REQUEST_READ_TIMEOUT):
+                # grpclib's HTTP/2 stream under its server stream: nothing public reads raw bytes.
+                body = await _read_body(stream._stream, self.max_request_bytes)
+        except TimeoutError:
+            raise GRPCError(
+                Status.DEADLINE_EXCEEDED,
+                f"the request message did not arrive whole within {REQUEST_READ_TIMEOUT:g} s",
+            ) from None
+        if len(body) <= INLINE_DECODE_BYTES:
+            return _decode(body, request_type)
+        if self._large_decodes is None:
+            self._large_decodes = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(_decode, body, request_type, limiter=self._large_decodes)
+
+
+async def _read_body(raw: Any, limit: int) -> bytes:
+    try:
+        prefix = await raw.recv_data(_PREFIX_BYTES)
+        if not prefix:
+            raise GRPCError(
+                Status.UNIMPLEMENTED, "the call carried no request message (this method takes exactly one)"
+            )
+        flag, length = prefix[0], int.from_bytes(prefix[1:], "big")
+        if flag == 1:
+            raise GRPCError(
+                Status.UNIMPLEMENTED,
+                "compressed request messages are not supported: send them uncompressed (grpc-encoding identity)",
+            )
+        if flag != 0:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, f"invalid compressed-flag byte {flag} in the message prefix (0 or 1)"
+            )
+        if length > limit:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"the request message is {length} bytes, more than the {limit}-byte limit",
+            )
+        body: bytes = await raw.recv_data(length)
+        return body
+    except AssertionError:  # grpclib's buffer: the stream ended before the bytes asked for
+        raise GRPCError(
+            Status.INVALID_ARGUMENT, "the request ended in the middle of a message (truncated)"
+        ) from None
+
+
+def _decode(body: bytes, request_type: Any) -> Any:
+    try:
+        return request_type.FromString(body)
+    except Exception as exc:  # any decoding failure is the peer's: corrupt or wrong bytes
+        raise GRPCError(
+            Status.INVALID_ARGUMENT,
+            f"the request is not a valid {request_type.__name__} message: "
+            f"{type(exc).__name__}: {excerpt(str(exc))}",
+        ) from None
+
+
+class _ReceivedStream:
+    """What a generated handler sees: grpclib's server stream, whose one request message was
+    already read by the guard (generated handlers call recv_message once)."""
+
+    def __init__(self, stream: Any, request: Any) -> None:
+        self._stream = stream
+        self._request = request
+
+    async def recv_message(self) -> Any:
+        request, self._request = self._request, None
+        return request
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
