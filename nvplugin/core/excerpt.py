@@ -24,6 +24,13 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     return f"{text[:limit] + '…'!r} ({len(text)} characters)"
 
 
+def clip(text: str, limit: int = 4 * EXCERPT_CHARS) -> str:
+    """`text` itself, cut to `limit` characters with the full length when longer."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
 def quote_some(values: Sequence[str], limit: int = QUOTED_VALUES) -> str:
     """The first `limit` values as excerpts, then how many more there are."""
     return listed([excerpt(v) for v in values[:limit]], len(values))

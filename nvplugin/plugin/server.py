@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 PLUGIN_OPTIONS = api.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
 
 # The kubelet sends one container request per Allocate and GetPreferredAllocation call; the
-# API allows more. Past this many, the work and the answer would grow with the request.
+# API allows more. Past this many, the work and the answer would grow with the request:
+# such a request is refused while it is decoded (INVALID_ARGUMENT).
 MAX_CONTAINER_REQUESTS = 128
 
 _socket_counter = itertools.count()
@@ -168,12 +169,6 @@ class DevicePluginServicer(api.DevicePluginBase):
         # A hint only, and an error fails pod admission: every request the kubelet can send
         # gets an answer (core.allocation.PreferenceRequest says what it promises).
         started = anyio.current_time()
-        try:
-            self._check_container_count(len(message.container_requests))
-        except AllocationError as exc:
-            log.warning("GetPreferredAllocation refused: %s", exc)
-            self._metrics.preferred_allocation(self.resource_name, anyio.current_time() - started, False)
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         answers = []
         for request in message.container_requests:
             answers.append(
@@ -212,7 +207,6 @@ class DevicePluginServicer(api.DevicePluginBase):
         try:
             if not message.container_requests:
                 raise AllocationError(f"{self.resource_name}: the request has no container requests")
-            self._check_container_count(len(message.container_requests))
             for request in message.container_requests:
                 devices = check_request(self._resource(), request.devices_ids, self._state.unhealthy)
                 allocation = container_allocation(
@@ -226,13 +220,6 @@ class DevicePluginServicer(api.DevicePluginBase):
             raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         self._observe_allocate(started, ok=True)
         return api.AllocateResponse(container_responses=responses)
-
-    def _check_container_count(self, count: int) -> None:
-        if count > MAX_CONTAINER_REQUESTS:
-            raise AllocationError(
-                f"{self.resource_name}: {count} container requests in one call; at most "
-                f"{MAX_CONTAINER_REQUESTS} are served per call (the kubelet sends one)"
-            )
 
     def _observe_allocate(self, started: float, ok: bool) -> None:
         self._metrics.allocation(self.resource_name, anyio.current_time() - started, ok)
@@ -295,7 +282,7 @@ class PluginServer:
                 f"socket path {self.socket_path!r} is longer than a unix socket allows (107 bytes): "
                 "use a shorter --kubelet-socket directory"
             )
-        server = _TrackingServer([GuardedServable(self.servicer)])
+        server = _TrackingServer([GuardedServable(self.servicer, max_repeated=MAX_CONTAINER_REQUESTS)])
         await server.start(path=self.socket_path)
         self._server = server  # only a started server is stopped later
         log.debug("serving %s on %s", self.resource_name, self.socket_path)
