@@ -303,7 +303,9 @@ def test_shared_requests_never_fail() -> None:
     for policy in ("distributed", PACKED, "unknown-policy"):
         for topo in (topology, None):
             sick = {topology.gpus[1]: "lost"}
-            answer = preferred_allocation(topo, resource, [*ids, "junk"], [], 3, unhealthy=sick, policy=policy)
+            answer = preferred_allocation(
+                topo, resource, [*ids, "junk"], [], 3, unhealthy=sick, policy=policy
+            )
             # GPU 0's two replicas, then one of the lost GPU's to make up the count.
             assert answer[:2] == ids[:2] and answer[2] in ids[2:]
 
