@@ -109,34 +109,46 @@ class GuardedServable:
         )
 
 
+_TRUNCATED = "the request ended in the middle of a message (truncated)"
+
+
 async def _read_body(raw: Any, limit: int) -> bytes:
-    try:
-        prefix = await raw.recv_data(_PREFIX_BYTES)
-        if not prefix:
-            raise GRPCError(
-                Status.UNIMPLEMENTED, "the call carried no request message (this method takes exactly one)"
-            )
-        flag, length = prefix[0], int.from_bytes(prefix[1:], "big")
-        if flag == 1:
-            raise GRPCError(
-                Status.UNIMPLEMENTED,
-                "compressed request messages are not supported: send them uncompressed (grpc-encoding identity)",
-            )
-        if flag != 0:
-            raise GRPCError(
-                Status.INVALID_ARGUMENT, f"invalid compressed-flag byte {flag} in the message prefix (0 or 1)"
-            )
-        if length > limit:
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"the request message is {length} bytes, more than the {limit}-byte limit",
-            )
-        body: bytes = await raw.recv_data(length)
-        return body
-    except AssertionError:  # grpclib's buffer: the stream ended before the bytes asked for
+    prefix = await _receive(raw, _PREFIX_BYTES)
+    if prefix == b"":
         raise GRPCError(
-            Status.INVALID_ARGUMENT, "the request ended in the middle of a message (truncated)"
-        ) from None
+            Status.UNIMPLEMENTED, "the call carried no request message (this method takes exactly one)"
+        )
+    if prefix is None:
+        raise GRPCError(Status.INVALID_ARGUMENT, _TRUNCATED)
+    flag, length = prefix[0], int.from_bytes(prefix[1:], "big")
+    if flag == 1:
+        raise GRPCError(
+            Status.UNIMPLEMENTED,
+            "compressed request messages are not supported: send them uncompressed (grpc-encoding identity)",
+        )
+    if flag != 0:
+        raise GRPCError(
+            Status.INVALID_ARGUMENT, f"invalid compressed-flag byte {flag} in the message prefix (0 or 1)"
+        )
+    if length > limit:
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"the request message is {length} bytes, more than the {limit}-byte limit",
+        )
+    body = await _receive(raw, length)
+    if body is None or len(body) != length:
+        raise GRPCError(Status.INVALID_ARGUMENT, _TRUNCATED)
+    return body
+
+
+async def _receive(raw: Any, size: int) -> bytes | None:
+    """`size` bytes of the request; b"" if the stream had ended before them (grpclib's buffer
+    answers so even when `size` is not 0), None if it ended inside them."""
+    try:
+        data: bytes = await raw.recv_data(size)
+    except AssertionError:  # grpclib's buffer: "Received less data than expected"
+        return None
+    return data
 
 
 def _decode(body: bytes, request_type: Any, max_repeated: int | None) -> Any:
