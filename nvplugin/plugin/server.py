@@ -230,18 +230,33 @@ class DevicePluginServicer(api.DevicePluginBase):
         return api.PreStartContainerResponse()
 
 
+# h2 remembers how each closed stream of a connection ended, up to 65,536 of them (about
+# 8 MB), to judge frames that arrive late. The kubelet's connection lives as long as it does
+# and opens a stream per call; a late frame only ever concerns the latest streams.
+CLOSED_STREAMS_KEPT = 1024
+
+
 class _TrackingServer(Server):
-    """A grpclib Server that remembers its connections, so stop can close them: on Python
-    3.12+ asyncio's wait_closed waits for every client connection, and the kubelet's stays open."""
+    """A grpclib Server that remembers its connections, so stop can close them (on Python
+    3.12+ asyncio's wait_closed waits for every client connection, and the kubelet's stays
+    open), and keeps h2's record of closed streams short on each."""
 
     def __init__(self, handlers: list[Any]) -> None:
         super().__init__(handlers)
         self.protocols: list[Any] = []
 
     def _protocol_factory(self) -> Any:
-        protocol = super()._protocol_factory()
+        protocol: Any = super()._protocol_factory()
         self.protocols = [p for p in self.protocols if _is_open(p)]
         self.protocols.append(protocol)
+        connection_made = protocol.connection_made
+
+        def made(transport: Any) -> None:
+            connection_made(transport)
+            # grpclib's Connection over h2's H2Connection, whose SizeLimitDict holds the record.
+            protocol.connection._connection._closed_streams._size_limit = CLOSED_STREAMS_KEPT
+
+        protocol.connection_made = made
         return protocol
 
 
