@@ -26,7 +26,7 @@ from nvplugin.core.config import Config
 from nvplugin.core.resources import GPU_RESOURCE
 from nvplugin.plugin import guard, strictproto
 from nvplugin.plugin.registration import RegistrationFailed, register_once
-from nvplugin.plugin.server import MAX_CONTAINER_REQUESTS
+from nvplugin.plugin.server import MAX_CONTAINER_REQUESTS, MAX_DEVICE_IDS
 from nvplugin.simulate.kubelet import KubeletSimulator
 from tests.conftest import running_agent
 from tests.rawgrpc import RawGrpcClient, frame
@@ -99,11 +99,16 @@ def test_strict_decoder_refuses_what_betterproto2_lets_through(data: bytes, prob
         strictproto.decode(data, api.AllocateRequest)
 
 
-def test_strict_decoder_stops_at_the_repeated_limit() -> None:
-    data = b"\x0a\x00" * 1000
-    assert len(strictproto.decode(data, api.AllocateRequest, 1000).container_requests) == 1000
+def test_strict_decoder_stops_at_the_repeated_limits() -> None:
+    containers = b"\x0a\x00" * 1000
+    limits = strictproto.Limits(messages=1000, values=10)
+    assert len(strictproto.decode(containers, api.AllocateRequest, limits).container_requests) == 1000
     with pytest.raises(ValueError, match="more than 999 container_requests"):
-        strictproto.decode(data, api.AllocateRequest, 999)
+        strictproto.decode(containers, api.AllocateRequest, strictproto.Limits(messages=999))
+    ids = b"\x0a\x00" * 10
+    assert len(strictproto.decode(ids, api.PreStartContainerRequest, limits).devices_ids) == 10
+    with pytest.raises(ValueError, match="more than 10 devices_ids"):
+        strictproto.decode(ids + b"\x0a\x00", api.PreStartContainerRequest, limits)
 
 
 def test_strict_decoder_refuses_a_schema_it_cannot_check() -> None:
@@ -187,6 +192,9 @@ case("gzip-compressed", Status.UNIMPLEMENTED, "compressed request messages are n
 case(
     "too many containers", Status.INVALID_ARGUMENT, f"more than {MAX_CONTAINER_REQUESTS} container_requests"
 )(_grpcio("Allocate", b"\x0a\x00" * (MAX_CONTAINER_REQUESTS + 1)))
+case("too many IDs", Status.INVALID_ARGUMENT, f"more than {MAX_DEVICE_IDS} devices_ids")(
+    _grpcio("Allocate", allocate_request(*[""] * (MAX_DEVICE_IDS + 1)))
+)
 case("truncated message", Status.INVALID_ARGUMENT, "ended in the middle of a message")(
     _raw(ALLOCATE, frame(allocate_request("GPU-0"))[:-3])
 )

@@ -14,8 +14,8 @@ handler reads its request itself, from the HTTP/2 stream, before the servicer's 
   support (this one supports none); any other value but 0: INVALID_ARGUMENT.
 - no message at all: UNIMPLEMENTED, gRPC's status for a request cardinality violation.
 - a message cut short by the end of the stream, or bytes that are not a valid message of the
-  request type (decoded strictly: see strictproto), or a repeated message field longer than
-  `max_repeated` (such as 10,000 container requests where the kubelet sends one):
+  request type (decoded strictly: see strictproto), or a repeated field longer than its
+  `limits` allow (such as 10,000 container requests where the kubelet sends one):
   INVALID_ARGUMENT.
 - a request not received whole within `REQUEST_READ_TIMEOUT`: DEADLINE_EXCEEDED (a stalled
   peer does not hold a handler forever).
@@ -23,8 +23,9 @@ Each refusal is one warning line, of bounded size: it names fields, offsets and 
 the peer's bytes.
 
 Bodies over `INLINE_DECODE_BYTES` are decoded in a worker thread, one at a time per server:
-decoding takes about 0.5 µs per field, so 4 MiB of tiny fields would hold the loop for a
-second; in a thread, the loop keeps its share of the interpreter and keeps answering.
+decoding takes about 0.5 µs per field, so 4 MiB of tiny fields (2 million of them, where
+`limits` allow) would hold the loop for a second; in a thread, the loop keeps its share of
+the interpreter and keeps answering.
 """
 
 from __future__ import annotations
@@ -59,11 +60,14 @@ class GuardedServable:
     through `read_request`. Pass it to grpclib's Server in place of the servicer."""
 
     def __init__(
-        self, servable: Any, max_request_bytes: int = MAX_REQUEST_BYTES, max_repeated: int | None = None
+        self,
+        servable: Any,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        limits: strictproto.Limits = strictproto.NO_LIMITS,
     ) -> None:
         self._servable = servable
         self.max_request_bytes = max_request_bytes
-        self.max_repeated = max_repeated
+        self.limits = limits
         # Created on first use, inside the event loop.
         self._large_decodes: anyio.CapacityLimiter | None = None
 
@@ -101,11 +105,11 @@ class GuardedServable:
                 f"the request message did not arrive whole within {REQUEST_READ_TIMEOUT:g} s",
             ) from None
         if len(body) <= INLINE_DECODE_BYTES:
-            return _decode(body, request_type, self.max_repeated)
+            return _decode(body, request_type, self.limits)
         if self._large_decodes is None:
             self._large_decodes = anyio.CapacityLimiter(1)
         return await anyio.to_thread.run_sync(
-            _decode, body, request_type, self.max_repeated, limiter=self._large_decodes
+            _decode, body, request_type, self.limits, limiter=self._large_decodes
         )
 
 
@@ -151,9 +155,9 @@ async def _receive(raw: Any, size: int) -> bytes | None:
     return data
 
 
-def _decode(body: bytes, request_type: Any, max_repeated: int | None) -> Any:
+def _decode(body: bytes, request_type: Any, limits: strictproto.Limits) -> Any:
     try:
-        return strictproto.decode(body, request_type, max_repeated)
+        return strictproto.decode(body, request_type, limits)
     except ValueError as exc:
         raise GRPCError(
             Status.INVALID_ARGUMENT, f"the request is not a valid {request_type.__name__} message: {exc}"

@@ -34,6 +34,7 @@ from nvplugin.core.resources import Resource
 from nvplugin.core.wire import encode_list_and_watch
 from nvplugin.observability import NULL_METRICS, Metrics
 from nvplugin.plugin.guard import GuardedServable
+from nvplugin.plugin.strictproto import Limits
 from nvplugin.state import NodeState
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,14 @@ log = logging.getLogger(__name__)
 # Sent identically in Register and GetDevicePluginOptions: the kubelet trusts the latter.
 PLUGIN_OPTIONS = api.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
 
-# The kubelet sends one container request per Allocate and GetPreferredAllocation call; the
-# API allows more. Past this many, the work and the answer would grow with the request:
-# such a request is refused while it is decoded (INVALID_ARGUMENT).
+# Bounds on a request, checked while it is decoded (INVALID_ARGUMENT past them), so neither
+# the work nor the answer grows with what a peer sends. The kubelet sends one container
+# request per Allocate and GetPreferredAllocation call (the API allows more). No list of
+# device IDs it sends can be longer than the device list it can receive in one ListAndWatch
+# answer (its 4 MiB receive limit: about 67,000 devices).
 MAX_CONTAINER_REQUESTS = 128
+MAX_DEVICE_IDS = 100_000
+REQUEST_LIMITS = Limits(messages=MAX_CONTAINER_REQUESTS, values=MAX_DEVICE_IDS)
 
 _socket_counter = itertools.count()
 
@@ -297,7 +302,7 @@ class PluginServer:
                 f"socket path {self.socket_path!r} is longer than a unix socket allows (107 bytes): "
                 "use a shorter --kubelet-socket directory"
             )
-        server = _TrackingServer([GuardedServable(self.servicer, max_repeated=MAX_CONTAINER_REQUESTS)])
+        server = _TrackingServer([GuardedServable(self.servicer, limits=REQUEST_LIMITS)])
         await server.start(path=self.socket_path)
         self._server = server  # only a started server is stopped later
         log.debug("serving %s on %s", self.resource_name, self.socket_path)

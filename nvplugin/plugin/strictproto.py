@@ -64,13 +64,21 @@ def _schema(message_type: Any) -> dict[int, _Field]:
     return fields
 
 
-def decode(data: bytes, message_type: type[T], max_repeated: int | None = None) -> T:
-    """`data` as a `message_type`, or ValueError saying what is malformed and at which byte.
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on the length of repeated fields, checked while decoding: past one, decoding
+    stops with a ValueError instead of building objects for a request that is refused."""
 
-    `max_repeated` bounds every repeated message field (such as container_requests): past it,
-    decoding stops with a ValueError instead of building objects for a request that is refused.
-    """
-    return _message(memoryview(data), 0, len(data), message_type, max_repeated)  # type: ignore[no-any-return]
+    messages: int | None = None  # any repeated message field
+    values: int | None = None  # any repeated string, bytes or scalar field
+
+
+NO_LIMITS = Limits()
+
+
+def decode(data: bytes, message_type: type[T], limits: Limits = NO_LIMITS) -> T:
+    """`data` as a `message_type`, or ValueError saying what is malformed and at which byte."""
+    return _message(memoryview(data), 0, len(data), message_type, limits)  # type: ignore[no-any-return]
 
 
 def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
@@ -105,7 +113,7 @@ def _scalar(kind: str, raw: int) -> int | bool:
     return raw  # uint64
 
 
-def _message(data: memoryview, pos: int, end: int, message_type: Any, max_repeated: int | None) -> Any:
+def _message(data: memoryview, pos: int, end: int, message_type: Any, limits: Limits) -> Any:
     schema = _schema(message_type)
     values: dict[str, Any] = {}
     while pos < end:
@@ -115,6 +123,10 @@ def _message(data: memoryview, pos: int, end: int, message_type: Any, max_repeat
         if number == 0:
             raise ValueError(f"field number 0 at byte {at}")
         field = schema.get(number)
+        if field is not None and field.repeated:
+            limit = limits.messages if field.kind == betterproto2.TYPE_MESSAGE else limits.values
+            if limit is not None and len(values.get(field.name, ())) >= limit:
+                raise ValueError(f"more than {limit} {field.name} (the limit per call)")
         if wire == _VARINT:
             raw, pos = _varint(data, pos, end)
             if field is None:
@@ -144,9 +156,7 @@ def _message(data: memoryview, pos: int, end: int, message_type: Any, max_repeat
             elif field.kind == betterproto2.TYPE_BYTES:
                 value = bytes(data[pos:stop])
             elif field.kind == betterproto2.TYPE_MESSAGE:
-                if max_repeated is not None and len(values.get(field.name, ())) >= max_repeated:
-                    raise ValueError(f"more than {max_repeated} {field.name} (the limit per call)")
-                value = _message(data, pos, stop, field.message_type, max_repeated)
+                value = _message(data, pos, stop, field.message_type, limits)
             else:
                 raise ValueError(
                     f"field {field.name} (#{number}) at byte {at}: bytes where a {field.kind} belongs"

@@ -26,7 +26,7 @@ from nvplugin.api import v1beta1 as api
 from nvplugin.core.config import Config
 from nvplugin.core.resources import GPU_RESOURCE
 from nvplugin.plugin.guard import MAX_REQUEST_BYTES
-from nvplugin.plugin.server import MAX_CONTAINER_REQUESTS
+from nvplugin.plugin.server import MAX_CONTAINER_REQUESTS, MAX_DEVICE_IDS
 from nvplugin.simulate.kubelet import KubeletSimulator
 from tests.conftest import fake_nvml, running_agent
 from tests.rawgrpc import RawGrpcClient
@@ -233,14 +233,16 @@ def fuzz_framing(target: Target, examples: int) -> None:
 
 
 def send_worst_cases(target: Target, rounds: int) -> None:
-    """The costliest requests under the limit, and far over it."""
+    """The costliest requests: at the limits, and past them."""
     tiny_ids = b"\x0a\x00" * ((MAX_REQUEST_BYTES - 16) // 2)  # 2 million empty IDs
     container = b"\x0a" + _varint(len(tiny_ids)) + tiny_ids
-    distinct = [f"{i:x}" for i in range(400_000)]
+    distinct = [f"{i:x}" for i in range(MAX_DEVICE_IDS - len(target.ids))] + target.ids
+    preferred = api.ContainerPreferredAllocationRequest(available_deviceIDs=distinct, allocation_size=GPUS)
     cases = [
         ("Allocate", container, INVALID),
-        ("GetPreferredAllocation", container, OK),
+        ("GetPreferredAllocation", container, INVALID),
         ("Allocate", allocate_body(distinct), INVALID),
+        ("GetPreferredAllocation", bytes(api.PreferredAllocationRequest(container_requests=[preferred])), OK),
         ("Allocate", b"\x0a" * (16 << 20), EXHAUSTED),
     ]
     with grpc.insecure_channel(f"unix://{target.socket_path}") as channel:
