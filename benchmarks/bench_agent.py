@@ -29,17 +29,12 @@ import anyio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from timing import time_calls  # noqa: E402  (benchmarks/, this script's directory)
+from timing import percentile, time_calls  # noqa: E402  (benchmarks/, this script's directory)
 
 from nvplugin.api import v1beta1 as api  # noqa: E402
 from nvplugin.simulate.kubelet import KubeletSimulator  # noqa: E402
 
 RESOURCE = "nvidia.com/gpu"
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def agent_cmd(args: argparse.Namespace, socket: Path) -> list[str]:
@@ -138,7 +133,7 @@ async def bench_restarts_rss_idle(args: argparse.Namespace, directory: Path) -> 
         try:
             await kubelet.wait_registered(args.resource, timeout=30)
             latencies = []
-            for n in range(2, 2 if args.bare else args.restarts + 2):  # the bare plugin never re-registers
+            for n in range(2, args.restarts + 2):
                 t0 = time.monotonic()
                 await kubelet.restart()
                 await kubelet.wait_registered(args.resource, count=n, timeout=10)
@@ -198,15 +193,15 @@ async def main(args: argparse.Namespace) -> None:
         directory = Path(tmp)
         starts = await bench_start(args, directory)
         print(
-            f"start -> Register: median {statistics.median(starts):.1f} ms, p90 {pct(starts, 90):.1f} ms, "
+            f"start -> Register: median {statistics.median(starts):.1f} ms, p90 {percentile(starts, 90):.1f} ms, "
             f"min {min(starts):.1f} ms over {len(starts)} starts"
         )
         loops = [False, True] if uvloop_installed() and not args.bare else [False]
         for uv in loops:
             lat = await bench_allocate(args, directory, uvloop=uv)
             print(
-                f"Allocate via grpcio ({'uvloop' if uv else 'asyncio loop'}): p50 {pct(lat, 50):.3f} ms, "
-                f"p99 {pct(lat, 99):.3f} ms, max {max(lat):.3f} ms over {len(lat)} calls"
+                f"Allocate via grpcio ({'uvloop' if uv else 'asyncio loop'}): p50 {percentile(lat, 50):.3f} ms, "
+                f"p99 {percentile(lat, 99):.3f} ms, max {max(lat):.3f} ms over {len(lat)} calls"
             )
         if not uvloop_installed():
             print("uvloop: not installed (pip install 'nvplugin[fast]' to compare)")
@@ -215,7 +210,7 @@ async def main(args: argparse.Namespace) -> None:
         assert isinstance(restart, list)
         if restart:
             print(
-                f"kubelet restart -> re-registered: p50 {pct(restart, 50):.1f} ms, p99 {pct(restart, 99):.1f} ms, "
+                f"kubelet restart -> re-registered: p50 {percentile(restart, 50):.1f} ms, p99 {percentile(restart, 99):.1f} ms, "
                 f"max {max(restart):.1f} ms over {len(restart)} restarts"
             )
         print(f"peak RSS (VmHWM): {out['peak_rss_mib']:.1f} MiB; threads: {out['threads']}")

@@ -25,15 +25,16 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from timing import percentile
+
 from nvplugin.core.config import Config
 from nvplugin.core.resources import UNHEALTHY, build_resources, device_health
-from nvplugin.core.xid import DEFAULT_POLICY, RecoveryPolicy
+from nvplugin.core.xid import DEFAULT_POLICY, HealthPolicy, RecoveryPolicy
 from nvplugin.health import HealthWatcher
 from nvplugin.nvml import fakecontrol
 from nvplugin.nvml.discovery import discover
@@ -134,16 +135,13 @@ async def latency_e2e(events: int, gpus: int, via_socket: bool) -> list[float]:
     policy = replace(
         DEFAULT_POLICY, recovery=RecoveryPolicy(enabled=True, quiet_period_s=0.02, probe_interval_s=0.005)
     )
-    watcher_box: list[HealthWatcher] = []
-
-    def health(agent: Agent) -> Any:
-        watcher_box.append(HealthWatcher(agent.nvml, agent.state, policy))
-        return watcher_box[-1].run()
-
-    agent = Agent(Config(kubelet_socket=str(plugin_dir / "kubelet.sock")), fake, handle_signals=False)
-    agent.add_task("health", health)
-    if via_socket:
-        agent.add_task("fake-control", lambda a: fakecontrol.serve_fake_control(fake, control))
+    agent = Agent(
+        Config(kubelet_socket=str(plugin_dir / "kubelet.sock")),
+        fake,
+        handle_signals=False,
+        health_policy=policy,
+        fake_control=control,
+    )
     samples: list[float] = []
     try:
         async with KubeletSimulator(plugin_dir) as kubelet, anyio.create_task_group() as tg:
@@ -167,7 +165,7 @@ async def latency_e2e(events: int, gpus: int, via_socket: bool) -> list[float]:
             tg.cancel_scope.cancel()
     finally:
         shutil.rmtree(plugin_dir, ignore_errors=True)
-    assert watcher_box and watcher_box[-1].stats.unhealthy_marks == events
+    assert agent.health is not None and agent.health.stats.unhealthy_marks == events
     return samples
 
 
@@ -199,17 +197,13 @@ async def idle_e2e(seconds: float, gpus: int, with_watcher: bool = True) -> tupl
 
     plugin_dir = Path(tempfile.mkdtemp(prefix="nvp-bench-", dir="/tmp"))
     fake = FakeNvml(FakeLayout.of(gpus))
-    box: list[HealthWatcher] = []
-
-    def health(agent: Agent) -> Any:
-        box.append(HealthWatcher(agent.nvml, agent.state, wait_timeout_ms=SETTINGS["wait_ms"]))
-        return box[-1].run()
-
-    agent = Agent(Config(kubelet_socket=str(plugin_dir / "kubelet.sock")), fake, handle_signals=False)
-    if with_watcher:
-        agent.add_task("health", health)
-    else:
-        box.append(HealthWatcher(fake, agent.state))  # never run: its counters stay 0
+    agent = Agent(
+        Config(kubelet_socket=str(plugin_dir / "kubelet.sock")),
+        fake,
+        handle_signals=False,
+        health_policy=DEFAULT_POLICY if with_watcher else HealthPolicy(all_disabled=True),
+        fake_control=str(plugin_dir) + "-fake.sock",
+    )
     try:
         async with KubeletSimulator(plugin_dir) as kubelet, anyio.create_task_group() as tg:
             tg.start_soon(agent.run)
@@ -222,12 +216,8 @@ async def idle_e2e(seconds: float, gpus: int, with_watcher: bool = True) -> tupl
             tg.cancel_scope.cancel()
     finally:
         shutil.rmtree(plugin_dir, ignore_errors=True)
-    return 100.0 * cpu / wall, box[-1], plugin.updates - updates
-
-
-def pct(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+    # Without the watcher, a never-run one stands in: its counters stay 0.
+    return 100.0 * cpu / wall, agent.health or HealthWatcher(fake, agent.state), plugin.updates - updates
 
 
 def main() -> int:
@@ -259,7 +249,7 @@ def main() -> int:
     receiver = "kubelet simulator via the agent's ListAndWatch" if args.e2e else "list waiter on NodeState"
     print(f"XID -> updated list ({path} -> {receiver}), {len(ms)} events on {args.gpus} fake GPUs:")
     print(
-        f"  p50 {pct(ms, 50):.3f} ms  p90 {pct(ms, 90):.3f} ms  p99 {pct(ms, 99):.3f} ms  "
+        f"  p50 {percentile(ms, 50):.3f} ms  p90 {percentile(ms, 90):.3f} ms  p99 {percentile(ms, 99):.3f} ms  "
         f"max {max(ms):.3f} ms  mean {statistics.fmean(ms):.3f} ms   (target p99 <= 10 ms)"
     )
     if args.idle_seconds > 0:

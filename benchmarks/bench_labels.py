@@ -47,7 +47,7 @@ def desired_labels() -> dict[str, str]:
         for i in range(8)
     )
     inv = Inventory(gpus=gpus, driver_version="580.159.04", cuda_driver_version=13000)
-    facts = NodeFacts(machine="PowerEdge XE9680", mig_capable=True, pci_classes=("0x030200",))
+    facts = NodeFacts(machine="PowerEdge XE9680", mig_capable=True, pci_classes=(0x030200,))
     return node_labels(inv, build_resources(inv, Config()), Config(), facts)
 
 

@@ -36,7 +36,7 @@ import anyio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from timing import time_calls  # noqa: E402  (benchmarks/, this script's directory)
+from timing import percentile, time_calls  # noqa: E402  (benchmarks/, this script's directory)
 
 from nvplugin.api import v1beta1 as api  # noqa: E402
 from nvplugin.core.config import Config  # noqa: E402
@@ -51,11 +51,6 @@ from nvplugin.simulate.kubelet import KubeletSimulator  # noqa: E402
 
 RESOURCE = "nvidia.com/gpu"
 DEFAULT_LAYOUTS = TOPOLOGY_LAYOUTS
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 class CountingNvml:
@@ -130,8 +125,8 @@ def server_side(name: str, requests: int, rng: random.Random) -> None:
         per_request = (nvml.calls - before) / requests
         lead = f"{first_ms:8.3f}" if size == 1 else " " * 8
         print(
-            f"{size:4d}  {lead}  {pct(latencies, 50):7.3f}  {pct(latencies, 99):7.3f}  "
-            f"{max(latencies):7.3f}  {pct(cpu, 50):7.3f}  {pct(cpu, 99):7.3f}  {max(cpu):7.3f}   {per_request:g}"
+            f"{size:4d}  {lead}  {percentile(latencies, 50):7.3f}  {percentile(latencies, 99):7.3f}  "
+            f"{max(latencies):7.3f}  {percentile(cpu, 50):7.3f}  {percentile(cpu, 99):7.3f}  {max(cpu):7.3f}   {per_request:g}"
         )
     nvml.shutdown()
 
@@ -206,12 +201,12 @@ async def through_grpc(name: str, calls: int) -> None:
     print(f"\n## {name} through gRPC (grpcio client, agent process): first call {out[0][0]:.3f} ms")
     floor = out[-1]
     print(
-        f"GetDevicePluginOptions (no work, the transport floor): p50 {pct(floor, 50):.3f} ms, p99 {pct(floor, 99):.3f} ms"
+        f"GetDevicePluginOptions (no work, the transport floor): p50 {percentile(floor, 50):.3f} ms, p99 {percentile(floor, 99):.3f} ms"
     )
     print("size   p50 ms   p99 ms   max ms")
     for size in range(1, len(ids) + 1):
         lat = out[size]
-        print(f"{size:4d}  {pct(lat, 50):7.3f}  {pct(lat, 99):7.3f}  {max(lat):7.3f}")
+        print(f"{size:4d}  {percentile(lat, 50):7.3f}  {percentile(lat, 99):7.3f}  {max(lat):7.3f}")
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -1,23 +1,32 @@
-"""The agent: one anyio TaskGroup owning every task of the node agent.
+"""The agent: the one place where nvplugin's parts are built, wired and run.
 
-Tasks (each named, supervised: an unexpected end is logged and the task restarted):
-- kubelet side: start one PluginServer per resource on fresh sockets, register each, then wait
-  for a reason to start over (kubelet restart, our socket removed, reload);
-- kubelet-directory watcher (watchfiles): turns file events into those reasons;
-- signals: SIGTERM/SIGINT end the TaskGroup (streams closed, sockets removed, exit 0),
-  SIGHUP reloads;
-- extra tasks added by the CLI (health watcher, metrics, labels) through `add_task`.
-Blocking NVML calls run in worker threads; nothing on the loop waits on the driver.
+Start-up (in order): signals first (a SIGTERM during start-up is a clean exit), NVML
+initialised and GPUs discovered (begun in a thread before this module was even imported, see
+nvplugin.nvml.early), resources planned from the inventory and the config, then every task of
+TASKS that applies, each run by the task guard (nvplugin.tasks.guarded) in one TaskGroup:
+
+    signals          TERM/INT stop the agent, HUP asks for a reload           ends with the agent
+    kubelet-side     plugin servers, Register, generations (KubeletSide)     restarts with backoff
+    kubelet-watcher  the kubelet's directory (watchfiles)                    ends with the agent
+    reloads          one reload at a time; bursts of requests coalesce       restarts with backoff
+    health           NVML XID events -> device health (HealthWatcher)        restarts with backoff
+    fake-control     fault injection socket, fake GPUs only                  may end (socket taken)
+    device-metrics   device gauges and transition counters from NodeState    restarts with backoff
+    metrics-server   /metrics /healthz /readyz                               retries every minute
+    node-labels      labels and health Events through the Kubernetes API     restarts with backoff
+
+Health transitions are published in one place, NodeState: the streams wake on its version, the
+device metrics follow it, and Node Events subscribe to it. Blocking calls (NVML, files) run in
+worker threads; nothing on the loop waits on the driver.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -26,38 +35,42 @@ from anyio.abc import TaskGroup
 from nvplugin.core.config import Config, ConfigError
 from nvplugin.core.inventory import EMPTY_INVENTORY, Inventory
 from nvplugin.core.resources import Resource, plan_resources
+from nvplugin.core.xid import DEFAULT_POLICY, HealthPolicy
 from nvplugin.devicenodes import existing_control_nodes
+from nvplugin.health import HealthWatcher
 from nvplugin.nvml.base import LIBRARY_HINT, Nvml, NvmlError, NvmlLibraryNotFound
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.early import EarlyStart
 from nvplugin.observability import NULL_METRICS, Metrics, track_devices
-from nvplugin.plugin.registration import register_with_retry
+from nvplugin.plugin.kubeletside import (
+    AnotherAgent,
+    KubeletDirError,
+    KubeletSide,
+    check_kubelet_dir,
+    clean_stale_sockets,
+)
 from nvplugin.plugin.server import PluginServer
 from nvplugin.state import NodeState
+from nvplugin.tasks import Backoff, StopAgent, TaskFailed, TaskSpec, guarded
 
 if TYPE_CHECKING:
+    from nvplugin.configload import ConfigSource
     from nvplugin.metrics_server import MetricsServer
 
 log = logging.getLogger(__name__)
 
-# How often the kubelet-socket wait re-checks by itself, in case a file event is missed
-# (some hostPath mounts do not deliver inotify events).
-KUBELET_SOCKET_RECHECK = 5.0
-# Stopping all plugin servers must fit in the 1 s shutdown budget.
-SERVER_STOP_GRACE = 0.4
-# After the kubelet drops our stream, look for its new socket this often, for this long.
-# The kubelet is usually back within milliseconds of its socket being deleted; later
-# re-creation is still caught by the directory watcher.
-RESTART_PROBE_INTERVAL = 0.001
-RESTART_PROBE_WINDOW = 3.0
+
+# How long a reload request waits for more requests to join it.
+RELOAD_SETTLE = 0.5
 
 
 class AgentError(Exception):
-    """The agent cannot start; the message says what to check. Exit code 1."""
+    """The agent cannot start (or a vital task failed); the message says what to check."""
 
-
-TaskFactory = Callable[["Agent"], Awaitable[None]]
-ConfigLoader = Callable[[], Config]
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        # 1: start-up failed (no NVML, another agent); 2: a usage error (an unusable path).
+        self.exit_code = exit_code
 
 
 class Agent:
@@ -66,79 +79,141 @@ class Agent:
         config: Config,
         nvml: Nvml,
         *,
-        config_loader: ConfigLoader | None = None,
+        health_policy: HealthPolicy = DEFAULT_POLICY,
+        config_source: ConfigSource | None = None,
         handle_signals: bool = True,
         early: EarlyStart | None = None,
+        fake_control: str | None = None,
+        reload_pending: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config.with_changes(kubelet_socket=os.path.abspath(config.kubelet_socket))
         self.nvml = nvml
+        self.health_policy = health_policy
         self.state = NodeState(EMPTY_INVENTORY, ())
         # Records from the first second on; shown once the endpoint starts (after Register).
         self.metrics: Metrics = Metrics() if self.config.metrics_address is not None else NULL_METRICS
-        # The /metrics, /healthz, /readyz endpoint once it runs (its bound port: tests).
-        self.metrics_server: MetricsServer | None = None
-        self.registered: dict[str, bool] = {}
-        self.servers: list[PluginServer] = []
-        self.generation = 0
+        # Reloads (SIGHUP, node-label config switch) re-read the environment and the config file.
+        self.config_source = config_source
+        # The fake backend's fault-injection socket (None: the default path).
+        self.fake_control = fake_control
         self.nvml_ready = False
-        # NVIDIA's control device nodes present on this node (for PASS_DEVICE_SPECS).
-        self.control_nodes: frozenset[str] | None = None
-        # Health transitions go here too when node Events are on: (uuid, xid, reason, healthy).
-        self.node_events: Callable[[str, int | None, str, bool], None] | None = None
-        self._config_loader = config_loader
-        # NVML init and the first discovery, already running in a thread (cli starts it first).
-        self._early = early
-        self._handle_signals = handle_signals
-        self._extra_tasks: list[tuple[str, TaskFactory]] = []
-        self._tg: TaskGroup | None = None
-        self._restart: anyio.Event | None = None
-        self._restart_reason = ""
-        self._kubelet_seen: anyio.Event | None = None
-        self._registered_kubelet_inode: tuple[int, int] | None = None
-        self._own_sockets: set[str] = set()
-        self._probing = False
-        self._reload_lock: anyio.Lock | None = None  # made on first use (it needs a running loop)
-        # Set when the agent stops: ends the directory watcher's thread within one step.
-        self._watch_stop: anyio.Event | None = None
-        # Set once the first generation has registered or begun waiting for the kubelet: the
-        # watcher's imports and thread wait for it, off the start -> Register path.
-        self._first_attempt: anyio.Event | None = None
-        self._registered_once: anyio.Event | None = None
-        # Set once every task has been started (tests and simulate wait on it).
+        # Made inside run() (they own anyio primitives, which need the running loop).
+        self.kubelet: KubeletSide | None = None
+        self.health: HealthWatcher | None = None
+        self.metrics_server: MetricsServer | None = None
         self.started: anyio.Event | None = None
+        self._handle_signals = handle_signals
+        self._early = early
+        self._tg: TaskGroup | None = None
+        self._reload_wanted: anyio.Event | None = None
+        self._reload_why = ""
+        self._reload_lock: anyio.Lock | None = None
+        self._signals: AsyncIterator[int] | None = None
+        # A SIGHUP that arrived before the agent's own handler (see cli.EarlySignals).
+        self._reload_pending = reload_pending
 
-    # --- public control
-
-    def add_task(self, name: str, factory: TaskFactory) -> None:
-        """Run `factory(agent)` in the agent's TaskGroup, supervised, once the agent starts."""
-        self._extra_tasks.append((name, factory))
+    # --- what callers (CLI, simulate, tests) use
 
     @property
     def ready(self) -> bool:
         """Registered with the kubelet for every resource."""
-        return bool(self.registered) and all(self.registered.values())
+        return self.kubelet is not None and self.kubelet.ready
+
+    @property
+    def generation(self) -> int:
+        return self.kubelet.generation if self.kubelet is not None else 0
+
+    @property
+    def servers(self) -> list[PluginServer]:
+        return self.kubelet.servers if self.kubelet is not None else []
+
+    async def wait_started(self) -> None:
+        """Until every task has been started."""
+        while self.started is None:  # noqa: ASYNC110 - before run() has made its event
+            await anyio.sleep(0.005)
+        await self.started.wait()
 
     async def wait_ready(self) -> None:
-        """Return once registered with the kubelet for every resource (the first time)."""
-        if self._registered_once is None:
-            self._registered_once = anyio.Event()
-        await self._registered_once.wait()
-
-    def schedule_reload(self, why: str) -> None:
-        """Reload from a synchronous callback (a node-label config switch)."""
-        if self._tg is not None:
-            log.info("reloading: %s", why)
-            self._tg.start_soon(self.reload, name="reload")
+        """Until registered with the kubelet for every resource (the first time)."""
+        await self.wait_started()
+        assert self.kubelet is not None
+        await self.kubelet.registered_once.wait()
 
     def stop(self) -> None:
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 
-    def request_restart(self, reason: str) -> None:
-        """Start the kubelet side over: new sockets, register again."""
-        if self._restart is not None and not self._restart.is_set():
-            self._restart_reason = reason
-            self._restart.set()
+    def request_reload(self, why: str) -> None:
+        """Ask for a reload from a synchronous callback (SIGHUP, a node-label config switch).
+        Requests arriving while one runs coalesce into one more reload."""
+        if self._reload_wanted is not None:
+            log.info("reload requested: %s", why)
+            self._reload_why = why
+            self._reload_wanted.set()
+
+    async def reload(self) -> bool:
+        """Re-read the config and rediscover; swap only if both succeed, else keep serving as
+        is. One at a time, so the last one asked for is the one that stays."""
+        if self._reload_lock is None:
+            self._reload_lock = anyio.Lock()
+        async with self._reload_lock:
+            return await self._reload()
+
+    # --- the run
+
+    async def run(self) -> None:
+        """Run until cancelled or stopped. Raises AgentError when it cannot start."""
+        self.started = self.started or anyio.Event()
+        signals: contextlib.AbstractContextManager[Any] = (
+            anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            if self._handle_signals
+            else contextlib.nullcontext()
+        )
+        # Signals first: a SIGTERM or SIGHUP during NVML start-up must not kill the process.
+        with signals as receiver:
+            self._signals = receiver
+            inventory = await self._initialise()
+            try:
+                resources = _plan(inventory, self.config)
+            except ConfigError as exc:
+                raise AgentError(f"cannot advertise the GPUs with this configuration: {exc}") from None
+            await anyio.to_thread.run_sync(self._check_kubelet_dir, resources)
+            control_nodes = await anyio.to_thread.run_sync(existing_control_nodes)
+            self.state.replace(inventory, resources)
+            self.kubelet = KubeletSide(self.config, self.state, self.metrics, control_nodes)
+            if self.nvml_ready and self.health_policy.watching:
+                self.health = HealthWatcher(self.nvml, self.state, self.health_policy, metrics=self.metrics)
+            elif not self.nvml_ready:
+                log.warning("no NVML: XID health checks are off")
+            else:
+                log.info("%s", self.health_policy.describe())
+            self._reload_wanted = anyio.Event()
+            try:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    for spec in TASKS:
+                        if spec.enabled(self):
+                            tg.start_soon(guarded, spec, self, name=spec.name)
+                    self.started.set()
+                    if self._reload_pending():
+                        self.request_reload("SIGHUP during start-up")
+            except StopAgent as exc:
+                raise AgentError(f"a vital task failed: {exc}") from None
+            finally:
+                self._tg = None
+                await self._shutdown_nvml()
+                log.info("agent stopped")
+
+    async def _shutdown_nvml(self) -> None:
+        if not self.nvml_ready:
+            return
+        if self.health is not None and not self.health.wait_stopped(0):
+            # An abandoned NVML event wait is still in flight (it ends within its timeout): NVML
+            # must not be shut down under it, and the process exit releases it anyway.
+            log.debug("NVML left to the process exit: an event wait is still in flight")
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(0.3):
+            await anyio.to_thread.run_sync(_quiet_shutdown, self.nvml, abandon_on_cancel=True)
 
     # --- start-up
 
@@ -191,107 +266,23 @@ class Agent:
             log.warning("no GPUs found: advertising zero devices (nothing will be scheduled here)")
         return inventory
 
-    # --- the loop
-
-    async def run(self) -> None:
-        """Run until cancelled or stopped. Raises AgentError when it cannot start."""
-        self.started = self.started or anyio.Event()
-        self._first_attempt = anyio.Event()
-        self._watch_stop = anyio.Event()
-        # Signals first: a SIGTERM or SIGHUP during NVML start-up must not kill the process.
-        signals: contextlib.AbstractContextManager[Any] = (
-            anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-            if self._handle_signals
-            else contextlib.nullcontext()
-        )
-        with signals as receiver:
-            await self._run(receiver)
-
-    async def _run(self, receiver: AsyncIterator[int] | None) -> None:
-        self._registered_once = self._registered_once or anyio.Event()
-        inventory = await self._initialise()
+    def _check_kubelet_dir(self, resources: tuple[Resource, ...]) -> None:
         try:
-            resources = self._plan(inventory, self.config)
-        except ConfigError as exc:
-            raise AgentError(f"cannot advertise the GPUs with this configuration: {exc}") from None
-        self.control_nodes = await anyio.to_thread.run_sync(existing_control_nodes)
-        self.state.replace(inventory, resources)
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                if receiver is not None:
-                    tg.start_soon(self._signals, receiver, name="signals")
-                tg.start_soon(self._watch_stopper, name="watch-stopper")
-                tg.start_soon(self._supervise, "kubelet-watcher", _watch_kubelet_dir, name="kubelet-watcher")
-                tg.start_soon(self._supervise, "kubelet-side", _serve_kubelet, name="kubelet-side")
-                tg.start_soon(self._supervise, "device-metrics", _track_devices, name="device-metrics")
-                if self.config.metrics_address is not None:
-                    tg.start_soon(self._supervise, "metrics-server", _serve_metrics, name="metrics-server")
-                for name, factory in self._extra_tasks:
-                    tg.start_soon(self._supervise, name, factory, name=name)
-                assert self.started is not None
-                self.started.set()
-        finally:
-            self._tg = None
-            if self.nvml_ready:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(0.3):
-                    await anyio.to_thread.run_sync(_quiet_shutdown, self.nvml, abandon_on_cancel=True)
-            log.info("agent stopped")
+            check_kubelet_dir(self.config, resources)
+            for path in clean_stale_sockets(self.config.plugin_dir):
+                log.info("removed %s, left by an agent that is gone", path)
+        except KubeletDirError as exc:
+            raise AgentError(str(exc), exit_code=2) from None
+        except AnotherAgent as exc:
+            raise AgentError(str(exc)) from None
 
-    @staticmethod
-    def _plan(inventory: Inventory, config: Config) -> tuple[Resource, ...]:
-        plan = plan_resources(inventory, config)
-        for warning in plan.warnings:
-            log.warning("%s", warning)
-        return plan.resources
-
-    async def _supervise(self, name: str, factory: TaskFactory) -> None:
-        """Keep a long-lived task alive: log every unexpected end and start it again with backoff."""
-        delay = 0.1
-        while True:
-            started = anyio.current_time()
-            try:
-                await factory(self)
-                log.error("task %s ended unexpectedly; restarting it", name)
-            except Exception:
-                log.exception("task %s crashed; restarting it", name)
-            if anyio.current_time() - started > 30:
-                delay = 0.1
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
-    async def _signals(self, signals: AsyncIterator[int]) -> None:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                # In its own task: a slow rediscovery must not hold back a SIGTERM behind it.
-                self.schedule_reload("SIGHUP")
-            else:
-                log.info("%s: shutting down", signal.Signals(signum).name)
-                self.stop()
-                return
-
-    async def reload(self) -> bool:
-        """Re-read the config and rediscover; swap only if both succeed, else keep serving as is.
-        Reloads run one at a time, so the last one asked for is the one that stays."""
-        if self._reload_lock is None:
-            self._reload_lock = anyio.Lock()
-        async with self._reload_lock:
-            return await self._reload()
-
-    async def _watch_stopper(self) -> None:
-        """Sets the watcher's stop event when the agent's TaskGroup is cancelled: watchfiles'
-        thread only looks at that event, so without it shutdown waits out its 5 s timeout."""
-        try:
-            await anyio.sleep_forever()
-        finally:
-            if self._watch_stop is not None:
-                self._watch_stop.set()
+    # --- reloads
 
     async def _reload(self) -> bool:
         config = self.config
-        if self._config_loader is not None:
+        if self.config_source is not None:
             try:  # reads and parses a file: off the loop
-                config = await anyio.to_thread.run_sync(self._config_loader)
+                config = await anyio.to_thread.run_sync(self.config_source.load)
             except Exception as exc:  # a bad file on reload must never stop the agent
                 log.error("reload: keeping the running configuration: %s", exc)
                 return False
@@ -302,211 +293,152 @@ class Agent:
                 if self.nvml_ready
                 else EMPTY_INVENTORY
             )
-            resources = self._plan(inventory, config)
+            resources = _plan(inventory, config)
         except Exception as exc:
             log.error("reload: keeping the running configuration: %s", exc)
             return False
         self.config = config
         self.state.replace(inventory, resources)
         log.info("reload: %d resource(s): %s", len(resources), ", ".join(r.name for r in resources))
-        self.request_restart("configuration reloaded")
+        if self.kubelet is not None:
+            self.kubelet.use_config(config)
+            self.kubelet.request_restart("configuration reloaded")
         return True
 
-    # --- helpers for the kubelet side
+    async def _serve_reloads(self) -> None:
+        assert self._reload_wanted is not None
+        while True:
+            await self._reload_wanted.wait()
+            # Requests arriving in the next moments join this one: a burst of SIGHUPs (a script,
+            # a config-manager sidecar) is one reload, not one re-registration per signal.
+            await anyio.sleep(RELOAD_SETTLE)
+            self._reload_wanted = anyio.Event()  # what arrives during this reload asks for one more
+            log.info("reloading: %s", self._reload_why)
+            await self.reload()
 
-    def _kubelet_inode(self) -> tuple[int, int] | None:
-        """kubelet.sock's identity. The inode number alone is often reused by the kubelet's
-        re-created socket, so the creation time is part of it."""
-        try:
-            st = os.stat(self.config.kubelet_socket)
-        except OSError:
-            return None
-        return st.st_ino, st.st_ctime_ns
+    # --- signals
 
-    async def _wait_for_kubelet_socket(self) -> None:
-        announced = False
-        while self._kubelet_inode() is None:
-            if self._first_attempt is not None:
-                self._first_attempt.set()
-            if not announced:
-                log.info("waiting for the kubelet socket %s", self.config.kubelet_socket)
-                announced = True
-            self._kubelet_seen = anyio.Event()
-            if self._kubelet_inode() is not None:
-                break
-            with anyio.move_on_after(KUBELET_SOCKET_RECHECK):
-                await self._kubelet_seen.wait()
-
-    def on_stream_lost(self) -> None:
-        """The kubelet closed a ListAndWatch stream: it may be restarting. Probe for its new
-        socket at a fine grain for a short while, so re-registration does not wait for the
-        directory watcher's batching (which stays coarse to keep the idle agent asleep)."""
-        if not self._probing and self._tg is not None:
-            self._probing = True
-            self._tg.start_soon(self._probe_kubelet_restart, name="kubelet-restart-probe")
-
-    async def _probe_kubelet_restart(self) -> None:
-        try:
-            with anyio.move_on_after(RESTART_PROBE_WINDOW):
-                while True:
-                    inode = self._kubelet_inode()
-                    if inode is not None and inode != self._registered_kubelet_inode:
-                        self.metrics.kubelet_restart()
-                        self.request_restart("kubelet.sock was re-created (kubelet restarted)")
-                        return
-                    await anyio.sleep(RESTART_PROBE_INTERVAL)
-        finally:
-            self._probing = False
-
-    def on_directory_change(self, added: bool, path: str) -> None:
-        """Called by the watcher for each file event in the kubelet's directory."""
-        if path == self.config.kubelet_socket:
-            if not added:
+    async def _serve_signals(self) -> None:
+        assert self._signals is not None
+        async for signum in self._signals:
+            if signum == signal.SIGHUP:
+                self.request_reload("SIGHUP")
+            else:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                self.stop()
                 return
-            if self._kubelet_seen is not None:
-                self._kubelet_seen.set()
-            inode = self._kubelet_inode()
-            if self._registered_kubelet_inode is not None and inode not in (
-                None,
-                self._registered_kubelet_inode,
-            ):
-                self.metrics.kubelet_restart()
-                self.request_restart("kubelet.sock was re-created (kubelet restarted)")
-        elif not added and path in self._own_sockets:
-            self.request_restart(f"our socket {os.path.basename(path)} was removed")
+
+    # --- probes
+
+    def liveness(self) -> tuple[bool, str]:
+        if self._tg is None:
+            return False, "the agent's task group is not running"
+        return True, f"event loop answering; generation {self.generation}"
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.kubelet is None:
+            return False, "starting"
+        return self.kubelet.readiness()
 
 
-async def _serve_kubelet(agent: Agent) -> None:
-    """Generations of plugin servers: start, register, wait for a reason, tear down, repeat."""
-    while True:
-        agent._restart = anyio.Event()
-        await agent._wait_for_kubelet_socket()
-        agent.generation += 1
-        servers = [
-            PluginServer(
-                r,
-                agent.state,
-                agent.config,
-                agent.control_nodes,
-                metrics=agent.metrics,
-                on_stream_lost=agent.on_stream_lost,
-            )
-            for r in agent.state.resources
-        ]
-        agent.servers = servers
-        agent.registered = {s.resource_name: False for s in servers}
-        try:
-            for server in servers:
-                await server.start()
-            agent._own_sockets = {s.socket_path for s in servers}
-            agent._registered_kubelet_inode = agent._kubelet_inode()
-            async with anyio.create_task_group() as generation:
-                for server in servers:
-                    generation.start_soon(_register, agent, server)
-                await agent._restart.wait()
-                generation.cancel_scope.cancel()
-            log.info("restarting the plugin servers: %s", agent._restart_reason)
-        finally:
-            agent._own_sockets = set()
-            agent.registered = {}
-            # The next generation registers against whatever kubelet.sock is then: a re-created
-            # socket seen while it waits must not restart it again.
-            agent._registered_kubelet_inode = None
-            with anyio.CancelScope(shield=True):
-                async with anyio.create_task_group() as stopping:
-                    for server in servers:
-                        stopping.start_soon(server.stop, SERVER_STOP_GRACE)
-
-
-async def _register(agent: Agent, server: PluginServer) -> None:
-    attempts = await register_with_retry(
-        agent.config.kubelet_socket, server.socket_name, server.resource_name
-    )
-    for _ in range(attempts - 1):
-        agent.metrics.registered(server.resource_name, ok=False)
-    agent.metrics.registered(server.resource_name)
-    agent.registered[server.resource_name] = True
-    if agent.ready:
-        if agent._first_attempt is not None:
-            agent._first_attempt.set()
-        if agent._registered_once is not None and not agent._registered_once.is_set():
-            agent._registered_once.set()
-            # What exists now (modules, inventory) lives as long as the process: keep it out of
-            # the collector's way, so a full collection never lands inside an RPC. After the
-            # first registration, not before: it costs ~10 ms.
-            gc.collect()
-            gc.freeze()
-
-
-async def _track_devices(agent: Agent) -> None:
-    await track_devices(agent.state, agent.metrics)
-
-
-def _liveness(agent: Agent) -> tuple[bool, str]:
-    if agent._tg is None:
-        return False, "the agent's task group is not running"
-    return True, f"event loop answering; generation {agent.generation}"
-
-
-def _readiness(agent: Agent) -> tuple[bool, str]:
-    if not agent.state.resources:
-        return True, "no GPUs on this node: nothing to register"
-    missing = [name for name, done in agent.registered.items() if not done]
-    if agent.ready:
-        return True, f"registered {', '.join(sorted(agent.registered))}"
-    return False, f"not registered with the kubelet: {', '.join(missing) or 'waiting for the kubelet'}"
+# --- task bodies that need more than one call
 
 
 async def _serve_metrics(agent: Agent) -> None:
+    assert agent.kubelet is not None and agent.config.metrics_address is not None
     # Off the start -> Register path, like the watcher; but serve probes even if Register hangs.
-    if agent._first_attempt is not None:
-        with anyio.move_on_after(5.0):
-            await agent._first_attempt.wait()
+    with anyio.move_on_after(5.0):
+        await agent.kubelet.first_attempt.wait()
     from nvplugin.metrics_server import MetricsServer
 
-    address = agent.config.metrics_address
-    assert address is not None
     server = MetricsServer(
-        address, agent.metrics, liveness=lambda: _liveness(agent), readiness=lambda: _readiness(agent)
+        agent.config.metrics_address, agent.metrics, liveness=agent.liveness, readiness=agent.readiness
     )
     agent.metrics_server = server
     try:
         await server.serve()
     except OSError as exc:
-        # A taken or bad port: say so once, keep serving the kubelet, try again now and then.
-        log.error("%s; metrics and probes are unavailable, retrying in 60 s", exc)
-        await anyio.sleep(60)
+        # A taken or bad port: say so, keep serving the kubelet, try again later.
+        raise TaskFailed(f"{exc}; metrics and probes are unavailable until it can bind") from None
 
 
-async def _watch_kubelet_dir(agent: Agent) -> None:
-    # Not on the start -> Register path: the kubelet side checks the socket itself first.
-    if agent._first_attempt is not None:
-        with anyio.move_on_after(1.0):  # registration may be refused for long: watch anyway
-            await agent._first_attempt.wait()
-    from watchfiles import Change, awatch
+async def _serve_fake_control(agent: Agent) -> None:
+    from nvplugin.nvml.fake import FakeNvml
+    from nvplugin.nvml.fakecontrol import ControlError, default_control_path, serve_fake_control
 
-    directory = agent.config.plugin_dir
-    os.makedirs(directory, exist_ok=True)
-    # Anything removed before the watch began is caught here.
-    for path in list(agent._own_sockets):
-        if not os.path.exists(path):
-            agent.on_directory_change(False, path)
-    # watchfiles' Rust thread wakes every `step` ms even when idle, so keep it coarse: the fast
-    # path for a kubelet restart is on_stream_lost's probe; this watcher is the safety net
-    # (kubelet started after us, a socket removed by hand).
-    async for changes in awatch(
-        directory,
-        debounce=500,
-        step=250,
-        recursive=False,
-        ignore_permission_denied=True,
-        watch_filter=None,
-        stop_event=agent._watch_stop,
-    ):
-        # Deletions first: a kubelet restart removes our socket and re-creates its own at once.
-        for change, path in sorted(changes, key=lambda c: c[0] != Change.deleted):
-            agent.on_directory_change(change == Change.added, os.path.abspath(path))
-    await anyio.sleep_forever()  # the stop event ended the watch: the agent is stopping
+    assert isinstance(agent.nvml, FakeNvml)
+    path = agent.fake_control or default_control_path()
+    try:
+        await serve_fake_control(agent.nvml, path, forbidden_dir=agent.config.plugin_dir)
+    except ControlError as exc:
+        # Another agent serves that socket, or the path is unusable: fault injection is off
+        # for this agent; it still serves the kubelet.
+        log.warning("fake-GPU fault injection is off: %s", exc)
+
+
+async def _serve_node_labels(agent: Agent) -> None:
+    from nvplugin.nodelabels import run_node_labels
+
+    assert agent.kubelet is not None
+    await agent.kubelet.registered_once.wait()  # the Kubernetes client's imports wait for Register
+    await run_node_labels(agent)
+
+
+def _is_fake(agent: Agent) -> bool:
+    from nvplugin.nvml.fake import FakeNvml
+
+    return isinstance(agent.nvml, FakeNvml)
+
+
+def _kubelet(agent: Agent) -> KubeletSide:
+    assert agent.kubelet is not None
+    return agent.kubelet
+
+
+def _health(agent: Agent) -> HealthWatcher:
+    assert agent.health is not None
+    return agent.health
+
+
+# Every task of the agent, in start order (see the module docstring).
+TASKS: tuple[TaskSpec[Agent], ...] = (
+    TaskSpec(
+        "signals",
+        Agent._serve_signals,
+        enabled=lambda a: a._signals is not None,
+        may_finish=True,
+        restart=None,
+    ),
+    TaskSpec("kubelet-side", lambda a: _kubelet(a).serve()),
+    TaskSpec("kubelet-watcher", lambda a: _kubelet(a).watch_directory()),
+    TaskSpec("reloads", Agent._serve_reloads),
+    TaskSpec(
+        "health",
+        lambda a: _health(a).run(),
+        enabled=lambda a: a.health is not None,
+        restart=Backoff(initial=0.5, cap=30.0, healthy_after=60.0),
+    ),
+    TaskSpec("fake-control", _serve_fake_control, enabled=_is_fake, may_finish=True),
+    TaskSpec(
+        "device-metrics",
+        lambda a: track_devices(a.state, a.metrics),
+        enabled=lambda a: a.metrics is not NULL_METRICS,
+    ),
+    TaskSpec(
+        "metrics-server",
+        _serve_metrics,
+        enabled=lambda a: a.config.metrics_address is not None,
+        restart=Backoff(initial=60.0, cap=60.0),
+    ),
+    TaskSpec("node-labels", _serve_node_labels, enabled=lambda a: a.config.labels),
+)
+
+
+def _plan(inventory: Inventory, config: Config) -> tuple[Resource, ...]:
+    plan = plan_resources(inventory, config)
+    for warning in plan.warnings:
+        log.warning("%s", warning)
+    return plan.resources
 
 
 def _quiet_shutdown(nvml: Nvml) -> None:

@@ -11,12 +11,13 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nvplugin import __version__
-from nvplugin.core.config import OPTIONS, Config, ConfigError
+from nvplugin.core.config import OPTIONS, Config, ConfigError, Kind
 from nvplugin.logs import add_logging_flags, setup_logging
 
 if TYPE_CHECKING:
@@ -30,15 +31,22 @@ EXIT_USAGE = 2
 
 
 def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
-    """Every setting of OPTIONS as a flag; the default None means 'not given' (env or file decide)."""
+    """Every setting of OPTIONS as a flag under all of NVIDIA's names; the default None means
+    'not given' (env or file decide). A bare boolean flag means true (`--oneshot`), and
+    `--oneshot=false` works; list flags may be repeated or take a comma list. A command's own
+    flag added later wins over a config flag's name (doctor's --output over GFD's alias)."""
+    # argparse checks conflicts in the group an argument is added to: the parser's optionals.
+    parser.conflict_handler = parser._optionals.conflict_handler = "resolve"
     for option in OPTIONS:
         if option.field in skip:
             continue
-        env = f" [env {option.env}]" if option.env else ""
-        kwargs: dict[str, object] = {"dest": option.field, "default": None, "metavar": option.metavar}
-        if option.is_bool:
+        env = f" [env {', '.join(option.envs)}]" if option.envs else ""
+        kwargs: dict[str, Any] = {"dest": option.field, "default": None, "metavar": option.metavar}
+        if option.kind is Kind.BOOL:
             kwargs.update(nargs="?", const="true")
-        parser.add_argument(option.flag, help=option.help + env, **kwargs)  # type: ignore[arg-type]
+        elif option.kind in (Kind.LIST, Kind.INTS):
+            kwargs.update(action="append")
+        parser.add_argument(*option.flags, help=option.help + env, **kwargs)
 
 
 def _add_fake_control_flag(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +80,11 @@ TOOL_COMMANDS = {
         "nvplugin.commands.inject_xid",
         "inject an XID or fault into a running agent on fake GPUs",
     ),
+    "kubelet": (
+        "nvplugin.commands.kubelet",
+        "run a stand-in kubelet for local work: agents register with it, it tells what it sees",
+    ),
+    "doctor": ("nvplugin.commands.doctor", "check this node's driver, runtime, kubelet and cluster setup"),
 }
 
 
@@ -150,37 +163,41 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     source = ConfigSource(flags_from_args(args))
     if config.config_dir is not None:
         config = _initial_node_config(source, config)
+    _check_fake_control(args, config)
     # NVML starts now, in a thread, while the agent's modules are imported below.
     early = EarlyStart(open_backend(config))
     from nvplugin.agent import Agent, AgentError
 
-    agent = Agent(config, early.nvml, config_loader=source.load, early=early)
-    attach_health(agent, args)
-    if config.labels:
-        from nvplugin.nodelabels import run_node_integration
-
-        agent.add_task("node-integration", lambda a: run_node_integration(a, source))
+    agent = Agent(
+        config,
+        early.nvml,
+        health_policy=args.health_policy,
+        config_source=source,
+        early=early,
+        fake_control=args.fake_control,
+        reload_pending=lambda: EARLY_SIGNALS.hup,
+    )
     try:
         _run_async(agent.run)
     except AgentError as exc:
-        print(f"nvplugin: {exc}", file=sys.stderr)
-        return EXIT_START_FAILED
+        _fatal(args, str(exc))
+        return exc.exit_code
     return EXIT_OK
 
 
-def attach_health(agent: Any, args: argparse.Namespace) -> None:
-    """The XID health watcher (and, on fake GPUs, the fault-injection socket) as agent tasks;
-    transitions feed the metrics and, with --labels, Node Events."""
-    from nvplugin.health import HealthTransition, attach_to_agent
+def _check_fake_control(args: argparse.Namespace, config: Config) -> None:
+    """The fake-GPU control socket must not be in the kubelet's plugin directory (the kubelet
+    would take it for a plugin): a usage error, before anything starts."""
+    if config.fake_gpus is None:
+        return
+    from nvplugin.nvml.fakecontrol import ControlError, default_control_path
 
-    def on_transition(t: HealthTransition) -> None:
-        if agent.node_events is not None:
-            agent.node_events(t.uuid, t.xid, t.reason, t.healthy)
-
-    watcher = attach_to_agent(
-        agent, args.health_policy, on_transition=on_transition, fake_control=args.fake_control
-    )
-    watcher.on_xid = agent.metrics.xid
+    path = args.fake_control or default_control_path()
+    if os.path.realpath(os.path.dirname(path) or ".") == os.path.realpath(config.plugin_dir):
+        raise ControlError(
+            f"{path}: the fake-GPU control socket must not be in the kubelet's device-plugin "
+            f"directory {config.plugin_dir} (the kubelet would take it for a plugin)"
+        )
 
 
 def _initial_node_config(source: Any, config: Config) -> Config:
@@ -204,10 +221,36 @@ def _initial_node_config(source: Any, config: Config) -> Config:
 def _cmd_simulate(args: argparse.Namespace, config: Config) -> int:
     from nvplugin.simulate.story import run_simulation
 
-    return run_simulation(args, config, _run_async, prepare=lambda agent: attach_health(agent, args))
+    if args.dir is not None:
+        _check_fake_control(args, config.with_changes(kubelet_socket=os.path.join(args.dir, "kubelet.sock")))
+    return run_simulation(args, config, _run_async)
+
+
+class EarlySignals:
+    """Signal handling from the first instruction of main, until the agent's own takes over:
+    SIGTERM is a clean exit 0 (nothing to clean up yet: no socket exists before the agent's
+    handler is in place); SIGHUP is remembered and becomes a reload once the agent runs (the
+    configuration it starts with may predate the file the sender just changed)."""
+
+    def __init__(self) -> None:
+        self.hup = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._terminate)
+        signal.signal(signal.SIGHUP, self._hangup)
+
+    def _terminate(self, signum: int, frame: object) -> None:
+        raise SystemExit(EXIT_OK)
+
+    def _hangup(self, signum: int, frame: object) -> None:
+        self.hup = True
+
+
+EARLY_SIGNALS = EarlySignals()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    EARLY_SIGNALS.install()
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
@@ -216,27 +259,48 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not hasattr(args, "handler"):  # a self-contained tool command (check-config, ...)
         setup_logging(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
         sys.exit(args.run(args))
+    # Logging first: with --log-format json even a fatal start-up error is one JSON line.
+    setup_logging(args.log_level, args.log_format)
     try:
         loaded = config_from_args(args)
         config, warnings = loaded.config, loaded.warnings
         if args.command == "simulate":
             config = _simulate_config(args, config)
     except ConfigError as exc:
-        print(f"nvplugin {args.command}: error: {exc}", file=sys.stderr)
-        print(f"Run 'nvplugin {args.command} --help' for the accepted values.", file=sys.stderr)
+        _fatal(args, str(exc), hint=f"Run 'nvplugin {args.command} --help' for the accepted values.")
         sys.exit(EXIT_USAGE)
-    setup_logging(args.log_level, args.log_format)
     for warning in warnings:
         log.warning("config file: %s", warning)
     args.health_policy = loaded.health
     try:
         code = args.handler(args, config)
     except _usage_errors() as exc:
-        print(f"nvplugin {args.command}: error: {exc}", file=sys.stderr)
+        _fatal(args, str(exc))
         code = EXIT_USAGE
     except KeyboardInterrupt:
         code = EXIT_OK
-    sys.exit(code)
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown once the agent has cleaned up after itself
+    (streams ended, sockets removed, NVML shut down). The teardown would join the worker
+    threads cancellation abandoned (an NVML event wait, the directory watcher: up to half a
+    second) and unload every module, for nothing: the process is going."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _fatal(args: argparse.Namespace, message: str, hint: str = "") -> None:
+    """A start-up error: plain lines on stderr, or one JSON log line with --log-format json."""
+    if args.log_format == "json":
+        log.critical("%s%s", message, f" ({hint})" if hint else "")
+        return
+    print(f"nvplugin {args.command}: error: {message}", file=sys.stderr)
+    if hint:
+        print(hint, file=sys.stderr)
 
 
 def _simulate_config(args: argparse.Namespace, config: Config) -> Config:

@@ -3,20 +3,19 @@
 The blocking NVML wait runs in a worker thread with a short timeout and is abandoned on
 cancellation, so the agent shuts down within one wait (well under a second). Each event comes
 back to the loop, where the XID policy (nvplugin.core.xid) decides and NodeState is changed at
-once: every ListAndWatch stream wakes on that change. No polling while all devices are
-healthy; faulted devices are probed every `probe_interval` until they recover (or never, for
-reboot-class faults). The watcher restarts itself (with backoff) if it crashes, and says so.
+once: every ListAndWatch stream wakes on that change, and NodeState hands the transition to
+its subscribers (Node Events). No polling while all devices are healthy; faulted devices are
+probed every `probe_interval` until they recover (or never, for reboot-class faults).
+`run()` raises when the watch breaks; the agent's task guard logs that and starts it again.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
@@ -46,26 +45,16 @@ from nvplugin.nvml.base import (
     NvmlNotSupported,
     NvmlTimeout,
 )
+from nvplugin.observability import NULL_METRICS, Metrics
 from nvplugin.state import NodeState
-
-if TYPE_CHECKING:
-    from nvplugin.agent import Agent
 
 log = logging.getLogger(__name__)
 
 # GPU or MIG UUID -> (GPU instance, compute instance) for MIG devices.
 Placements = Mapping[str, tuple[int, int]]
-
-
-@dataclass(frozen=True, slots=True)
-class HealthTransition:
-    """A device the watcher turned Unhealthy (healthy=False) or Healthy again."""
-
-    uuid: str
-    healthy: bool
-    reason: str
-    xid: int | None
-    action: Action | None
+# What the wait thread hands the loop: an event (with the probe read as it arrived, for
+# reset-class XIDs), or the error a wait failed with.
+_Item = tuple[NvmlEvent, ProbeResult | None] | NvmlError
 
 
 @dataclass(slots=True)
@@ -81,9 +70,10 @@ class WatcherStats:
     probes: int = 0
     unhealthy_marks: int = 0
     recoveries: int = 0
-    crashes: int = 0
+    # Event sets registered (the first run, inventory changes and restarts after a failure).
+    registrations: int = 0
+    # Times run() registered the events again (inventory changed, or after a failure).
     restarts: int = 0
-    last_crash: str | None = None
     registered_gpus: dict[int, int] = field(default_factory=dict)
 
 
@@ -127,12 +117,6 @@ class _EventSetHandle:
             self._nvml.event_set_free(self._event_set)
         except NvmlError as exc:
             log.warning("could not free the NVML event set: %s", exc)
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def placements_from_state(state: NodeState) -> dict[str, tuple[int, int]]:
@@ -186,35 +170,33 @@ def event_targets(
 
 
 class HealthWatcher:
-    """Run `await watcher.run()` in the agent's TaskGroup; cancel the group to stop it."""
+    """Run `await watcher.run()` in a task; cancel it to stop. One watcher for the agent's life:
+    its faults (and their recovery) survive kubelet restarts, reloads and its own restarts."""
 
     def __init__(
         self,
         nvml: Nvml,
         state: NodeState,
         policy: HealthPolicy = DEFAULT_POLICY,
-        on_transition: Callable[[HealthTransition], None] | None = None,
         *,
+        metrics: Metrics = NULL_METRICS,
         wait_timeout_ms: int = 500,
         placements: Callable[[], Placements] | None = None,
-        restart_backoff_s: tuple[float, float] = (0.5, 30.0),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._nvml = nvml
         self._state = state
         self._policy = policy
-        self._on_transition = on_transition
+        self._metrics = metrics
         self._timeout_ms = wait_timeout_ms
         self._placements = placements or (lambda: placements_from_state(state))
-        self._backoff = restart_backoff_s
         self._clock = clock
         self._faults: dict[str, Fault] = {}
         self._reported: set[str] = set()
         self._wake_recovery = anyio.Event()
         self.stats = WatcherStats()
         self.ready = anyio.Event()  # set once events are registered (tests, benchmarks)
-        # Every XID event, ignored ones included (metrics count them by code).
-        self.on_xid: Callable[[int], None] | None = None
+        self._runs = 0
         # NVML wait threads still running (an abandoned one may overlap its successor briefly).
         self._pumps = 0
         self._pumps_changed = threading.Condition()
@@ -229,50 +211,28 @@ class HealthWatcher:
         with self._pumps_changed:
             return self._pumps_changed.wait_for(lambda: self._pumps == 0, timeout_s)
 
-    # --- supervision
+    # --- the task
 
-    async def run(self, nvml_ready: Callable[[], bool] = lambda: True) -> None:
-        if not nvml_ready():
-            log.warning("no NVML: XID health checks are off")
-            self.ready.set()
-            await anyio.sleep_forever()
-        if not self._policy.watching:
+    @property
+    def watching(self) -> bool:
+        """Whether the policy asks for any XID checks at all (else the task is not started)."""
+        return self._policy.watching
+
+    async def run(self) -> None:
+        """Watch until cancelled; re-registers at once when the inventory changes. Raises when
+        the watch breaks (the agent's guard restarts it with backoff). Cancellation abandons the
+        NVML wait thread, which leaves within one wait timeout: call wait_stopped() before
+        shutting NVML down."""
+        self._runs += 1
+        if self._runs == 1:
             log.info("%s", self._policy.describe())
-            self.ready.set()
-            await anyio.sleep_forever()
-        log.info("%s", self._policy.describe())
-        try:
-            await self._supervise()
-        finally:
-            # The NVML wait thread was abandoned; it leaves within one wait timeout. Waiting for
-            # it here (bounded) means the agent never shuts NVML down under a blocked wait.
-            with anyio.CancelScope(shield=True):
-                limit = 2 * self._timeout_ms / 1000 + 0.05
-                if not await anyio.to_thread.run_sync(self.wait_stopped, limit):
-                    log.warning("the NVML event wait thread did not stop within %.2fs", limit)
-
-    async def _supervise(self) -> None:
-        delay = self._backoff[0]
-        while True:
-            started = self._clock()
-            try:
-                await self._watch()
-                # _watch returns only when the inventory changed: register again at once.
-                log.info("GPU inventory changed: registering health events again")
-                self.stats.restarts += 1
-                continue
-            except Exception as exc:
-                self.stats.crashes += 1
-                cause = _unwrap(exc)
-                self.stats.last_crash = f"{type(cause).__name__}: {cause}"
-                log.exception(
-                    "health watcher crashed (%s); restarting in %.1fs", self.stats.last_crash, delay
-                )
-            if self._clock() - started > 60:
-                delay = self._backoff[0]
-            await anyio.sleep(delay)
+        else:
             self.stats.restarts += 1
-            delay = min(delay * 2, self._backoff[1])
+        while True:
+            await self._watch()
+            # _watch returns only when the inventory changed: register again at once.
+            log.info("GPU inventory changed: registering health events again")
+            self.stats.restarts += 1
 
     async def _watch(self) -> None:
         gpus = self._state.inventory.gpus
@@ -318,6 +278,7 @@ class HealthWatcher:
             handle.close()
             raise
         self.stats.registered = len(self.stats.registered_gpus)
+        self.stats.registrations += 1
         log.info("health events registered on %d of %d GPU(s)", len(self.stats.registered_gpus), len(gpus))
         return handle, problems
 
@@ -335,7 +296,7 @@ class HealthWatcher:
     async def _event_loop(self, handle: _EventSetHandle) -> None:
         """One long-lived worker thread waits on NVML and hands only events and errors to the
         loop: timeouts never wake the loop, so an idle watcher costs the loop nothing."""
-        send, receive = anyio.create_memory_object_stream[NvmlEvent | NvmlError](max_buffer_size=1024)
+        send, receive = anyio.create_memory_object_stream[_Item](max_buffer_size=1024)
         stop = threading.Event()
 
         async def pump() -> None:
@@ -353,18 +314,18 @@ class HealthWatcher:
                     log.warning("NVML event wait failed: %s; probing every GPU", item)
                     await self._probe_gpus([g.index for g in self._state.inventory.gpus], f"after {item}")
                 else:
-                    await self._on_event(item)
+                    await self._on_event(*item)
         await anyio.lowlevel.checkpoint()  # if we are being cancelled, that ends us here
-        # Not cancelled, yet the pump is gone (its queue overflowed): let the supervisor restart us.
+        # Not cancelled, yet the pump is gone (its queue overflowed): the guard restarts us.
         raise RuntimeError("the NVML event pump stopped")
 
     def _pump(
         self,
         handle: _EventSetHandle,
         stop: threading.Event,
-        send: MemoryObjectSendStream[NvmlEvent | NvmlError],
+        send: MemoryObjectSendStream[_Item],
     ) -> None:
-        """Runs in the worker thread until `stop`. Raises (a crash the supervisor restarts) on a
+        """Runs in the worker thread until `stop`. Raises (a crash the guard restarts) on a
         bug, or when waits keep failing: a fresh event set may cure that."""
         with self._pumps_changed:
             self._pumps += 1
@@ -379,13 +340,14 @@ class HealthWatcher:
         self,
         handle: _EventSetHandle,
         stop: threading.Event,
-        send: MemoryObjectSendStream[NvmlEvent | NvmlError],
+        send: MemoryObjectSendStream[_Item],
     ) -> None:
         errors_in_row = 0
         while not stop.is_set():
             self.stats.waits += 1
             try:
-                item: NvmlEvent | NvmlError = handle.wait(self._timeout_ms)
+                event = handle.wait(self._timeout_ms)
+                item: _Item = (event, self._probe_if_reset_class(event))
                 errors_in_row = 0
             except NvmlTimeout:
                 self.stats.timeouts += 1
@@ -403,11 +365,21 @@ class HealthWatcher:
             try:
                 anyio.from_thread.run_sync(send.send_nowait, item)
             except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError, RuntimeError):
-                return  # the loop side is gone or stuck: the supervisor starts over
+                return  # the loop side is gone or stuck: the guard starts over
             if errors_in_row:
                 stop.wait(min(0.1 * 2**errors_in_row, 5.0))  # no hot loop on a broken event set
 
-    async def _on_event(self, event: NvmlEvent) -> None:
+    def _probe_if_reset_class(self, event: NvmlEvent) -> ProbeResult | None:
+        """In the wait thread, as the event is read: the driver's recovery action for a
+        reset-class XID, before anyone can reset the GPU. A reset that follows at once (the
+        order docs/xid.md gives) then still counts as the reset the driver asked for."""
+        if event.event_type != EVENT_XID_CRITICAL or event.gpu_index is None:
+            return None
+        if self._policy.is_ignored(event.data) or self._policy.action(event.data) is not Action.RESET_GPU:
+            return None
+        return self._probe_now(event.gpu_index)
+
+    async def _on_event(self, event: NvmlEvent, probe: ProbeResult | None = None) -> None:
         self.stats.events += 1
         gpu = self._gpu_of(event)
         where = f"GPU {gpu.index} ({gpu.uuid})" if gpu else f"GPU {event.gpu_index} / {event.uuid}"
@@ -418,8 +390,7 @@ class HealthWatcher:
             log.info("%s ECC event on %s (data %d): counted, not acted on", kind, where, event.data)
             return
         xid = event.data
-        if self.on_xid is not None:
-            self.on_xid(xid)
+        self._metrics.xid(xid)
         if self._policy.is_ignored(xid):
             self.stats.ignored_xids += 1
             log.info("XID %d on %s ignored by the health policy", xid, where)
@@ -441,6 +412,8 @@ class HealthWatcher:
         )
         for uuid in targets:
             self._fault(uuid, action, reason, xid)
+            if probe is not None:
+                self._after_probe(uuid, probe)
 
     def _gpu_of(self, event: NvmlEvent) -> Gpu | None:
         for gpu in self._state.inventory.gpus:
@@ -462,26 +435,21 @@ class HealthWatcher:
         fault = new_fault(action, reason, xid, now)
         self._faults[uuid] = fault
         full_reason = f"{reason}; {recovery_hint(fault)}"
-        if self._state.mark_unhealthy(uuid, full_reason):
+        if self._state.mark_unhealthy(uuid, full_reason, xid):
             self.stats.unhealthy_marks += 1
             log.warning("health: device %s Unhealthy (XID %s): %s", uuid, xid, full_reason)
-            self._notify(HealthTransition(uuid, False, full_reason, xid, action))
         self._wake_recovery.set()
-
-    def _notify(self, transition: HealthTransition) -> None:
-        if self._on_transition is None:
-            return
-        try:
-            self._on_transition(transition)
-        except Exception:
-            log.exception("health transition callback failed for %s", transition.uuid)
 
     # --- probing and recovery
 
     async def _probe(self, index: int) -> ProbeResult:
+        return await anyio.to_thread.run_sync(self._probe_now, index, abandon_on_cancel=True)
+
+    def _probe_now(self, index: int) -> ProbeResult:
+        """Blocking: in a worker thread."""
         self.stats.probes += 1
         try:
-            probe = await anyio.to_thread.run_sync(self._nvml.device_probe, index, abandon_on_cancel=True)
+            probe = self._nvml.device_probe(index)
         except NvmlGpuLost as exc:
             return ProbeResult(ok=False, lost=True, error=str(exc))
         except NvmlError as exc:
@@ -538,39 +506,7 @@ class HealthWatcher:
             if self._state.mark_healthy(uuid):
                 self.stats.recoveries += 1
                 log.warning("health: device %s Healthy again (was: %s)", uuid, fault.reason)
-                self._notify(HealthTransition(uuid, True, f"recovered from: {fault.reason}", fault.xid, None))
         elif updated != fault:
             if updated.action is not fault.action:
                 log.warning("health: device %s: %s; %s", uuid, updated.reason, recovery_hint(updated))
             self._faults[uuid] = updated
-
-
-def attach_to_agent(
-    agent: Agent,
-    policy: HealthPolicy = DEFAULT_POLICY,
-    *,
-    on_transition: Callable[[HealthTransition], None] | None = None,
-    fake_control: str | None = None,
-) -> HealthWatcher:
-    """Wire health into an Agent before `agent.run()`: the watcher as a supervised task and, on
-    the fake backend, the fault-injection socket at `fake_control` (default path when None; never
-    inside the kubelet's plugin directory). One watcher for the agent's life: its faults (and
-    their recovery) survive kubelet restarts and reloads."""
-    from nvplugin.nvml.fake import FakeNvml
-    from nvplugin.nvml.fakecontrol import ControlError, default_control_path, serve_fake_control
-
-    watcher = HealthWatcher(agent.nvml, agent.state, policy, on_transition)
-    agent.add_task("health", lambda a: watcher.run(lambda: a.nvml_ready))
-    if isinstance(agent.nvml, FakeNvml):
-        fake, path = agent.nvml, fake_control or default_control_path()
-        if os.path.realpath(os.path.dirname(path) or ".") == os.path.realpath(agent.config.plugin_dir):
-            # fail before the agent starts, not in a task the supervisor would restart forever
-            raise ControlError(
-                f"{path}: the fake-GPU control socket must not be in the kubelet's device-plugin "
-                f"directory {agent.config.plugin_dir} (the kubelet would take it for a plugin)"
-            )
-        agent.add_task(
-            "fake-control",
-            lambda a: serve_fake_control(fake, path, forbidden_dir=a.config.plugin_dir),
-        )
-    return watcher

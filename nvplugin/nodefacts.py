@@ -1,16 +1,18 @@
-"""Node facts the labels need beyond the inventory: DMI machine type, PCI class, MIG capability.
+"""Node facts the labels need beyond the inventory: DMI machine type, and through the Nvml
+interface the GPUs' PCI classes, MIG capability, fabric registration and the vGPU scan.
 
-Blocking reads of sysfs and NVML: call `read_node_facts` in a worker thread from the loop.
-Every failure degrades to GFD's "unknown"/false with a log line; nothing here stops labelling.
+Blocking reads: call `read_node_facts` in a worker thread from the loop. Every failure degrades
+to what GFD writes when it cannot tell ("unknown", false, or no label) with a log line; nothing
+here stops labelling. Only nvml/real.py talks to NVML itself.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 
+from nvplugin.core.gpufacts import VIRTUALIZATION_VGPU, FabricInfo, Vgpu, vgpu_of
 from nvplugin.core.inventory import Inventory
 from nvplugin.core.labels import MACHINE_UNKNOWN, NodeFacts
 from nvplugin.nvml.base import Nvml, NvmlError, NvmlNotSupported
@@ -32,75 +34,79 @@ def read_machine_type(path: str = DMI_PRODUCT_NAME) -> str:
         return MACHINE_UNKNOWN
 
 
-def _sysfs_bus_id(pci_bus_id: str) -> str:
-    """NVML's '00000000:00:06.0' -> sysfs's '0000:00:06.0'."""
-    domain, _, rest = pci_bus_id.partition(":")
-    return f"{domain[-4:]}:{rest}".lower()
-
-
-def read_pci_class(pci_bus_id: str, sysfs_root: str = "/sys") -> str | None:
-    path = os.path.join(sysfs_root, "bus/pci/devices", _sysfs_bus_id(pci_bus_id), "class")
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def probe_mig(nvml: Nvml, inventory: Inventory) -> tuple[bool, frozenset[str]]:
-    """(any GPU MIG-capable, UUIDs of GPUs with MIG mode on). GFD's rule: a GPU is MIG-capable
-    when nvmlDeviceGetMigMode is supported. Backends that cannot tell say (False, {})."""
-    query = _mig_mode_query(nvml)
-    if query is None:
-        return False, frozenset()
-    capable = False
-    enabled: set[str] = set()
+def probe_mig_capable(nvml: Nvml, inventory: Inventory) -> bool:
+    """GFD's rule: a GPU is MIG-capable when nvmlDeviceGetMigMode is supported on it."""
     for gpu in inventory.gpus:
         try:
-            current = query(gpu.index)
+            nvml.device_mig_enabled(gpu.index)
         except NvmlNotSupported:
             continue
         except NvmlError as exc:
             log.warning("MIG mode of GPU %d unreadable (%s); treated as not MIG-capable", gpu.index, exc)
             continue
-        capable = True
-        if current:
-            enabled.add(gpu.uuid)
-    return capable, frozenset(enabled)
+        return True
+    return False
 
 
-def _mig_mode_query(nvml: Nvml) -> Callable[[int], bool] | None:
-    """A function index -> MIG mode on, raising NvmlNotSupported where MIG is not supported."""
-    from nvplugin.nvml.real import RealNvml
+def read_pci_classes(nvml: Nvml, inventory: Inventory) -> tuple[int | None, ...]:
+    classes: list[int | None] = []
+    for gpu in inventory.gpus:
+        try:
+            classes.append(nvml.device_pci_class(gpu.index))
+        except NvmlError as exc:
+            log.warning("PCI class of GPU %d unreadable (%s); labelling gpu.mode=unknown", gpu.index, exc)
+            classes.append(None)
+    return tuple(classes)
 
-    if isinstance(nvml, RealNvml):
 
-        def from_pynvml(index: int) -> bool:
-            import pynvml  # initialised by the backend already: NVML state is per process
+def read_fabrics(nvml: Nvml, inventory: Inventory) -> tuple[FabricInfo, ...] | None:
+    """The fabric registration of every GPU that has a fabric; None when one could not be read
+    (GFD fails its whole pass then; we leave the clique label out)."""
+    fabrics: list[FabricInfo] = []
+    for gpu in inventory.gpus:
+        try:
+            fabrics.append(nvml.device_fabric_info(gpu.index))
+        except NvmlNotSupported:
+            continue
+        except NvmlError as exc:
+            log.warning(
+                "GPU fabric of GPU %d unreadable (%s); no nvidia.com/gpu.clique label", gpu.index, exc
+            )
+            return None
+    return tuple(fabrics)
 
-            try:
-                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
-            except pynvml.NVMLError as exc:
-                code = getattr(exc, "value", None)
-                if code in (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND):
-                    raise NvmlNotSupported("nvmlDeviceGetMigMode", str(exc), code) from None
-                raise NvmlError("nvmlDeviceGetMigMode", str(exc), code) from None
-            return bool(current)
 
-        return from_pynvml
-    # Other backends (the fake) say only whether MIG is on (device_mig_enabled, with the MIG
-    # work): a GPU with MIG on is MIG-capable; one with MIG off cannot be told apart.
-    enabled = getattr(nvml, "device_mig_enabled", None)
-    if callable(enabled):
+def read_vgpu(nvml: Nvml, inventory: Inventory) -> Vgpu | None:
+    """GFD's vGPU scan of the PCI bus. Where it cannot run (config space needs CAP_SYS_ADMIN,
+    which GFD's own default deployment lacks, so GFD writes no vgpu label there), NVML's
+    virtualization mode still tells whether this is a vGPU guest, though not the host driver."""
+    try:
+        vgpu = vgpu_of(nvml.vgpu_devices())
+    except NvmlError as exc:
+        level = logging.INFO if isinstance(exc, NvmlNotSupported) else logging.WARNING
+        log.log(level, "vGPU scan: %s; telling vGPU guests by NVML's virtualization mode", exc)
+        return _vgpu_from_virtualization_mode(nvml, inventory)
+    if vgpu.present and vgpu.host_driver is None:
+        log.warning("vGPU: a vGPU capability has no host driver record; no vgpu.host-driver-* labels")
+    return vgpu
 
-        def from_backend(index: int) -> bool:
-            if not enabled(index):
-                raise NvmlNotSupported("device_mig_enabled", "MIG off (capability unknown)")
-            return True
 
-        return from_backend
-    return None
+def _vgpu_from_virtualization_mode(nvml: Nvml, inventory: Inventory) -> Vgpu | None:
+    present = False
+    for gpu in inventory.gpus:
+        try:
+            present |= nvml.device_virtualization_mode(gpu.index) == VIRTUALIZATION_VGPU
+        except NvmlNotSupported:
+            continue
+        except NvmlError as exc:
+            log.warning("virtualization mode of GPU %d unreadable (%s); no vgpu labels", gpu.index, exc)
+            return None
+    if present:
+        log.warning(
+            "vGPU guest: the host driver's version and branch (vgpu.host-driver-* labels) are read "
+            "from PCI config space, which needs CAP_SYS_ADMIN"
+        )
+    return Vgpu(present=present)
 
 
 def read_node_facts(
@@ -108,16 +114,14 @@ def read_node_facts(
     inventory: Inventory,
     *,
     machine_type_file: str = DMI_PRODUCT_NAME,
-    sysfs_root: str = "/sys",
     timestamp: bool = True,
     clock: Callable[[], float] = time.time,
 ) -> NodeFacts:
-    capable, enabled = probe_mig(nvml, inventory)
-    classes = tuple(c for c in (read_pci_class(g.pci_bus_id, sysfs_root) for g in inventory.gpus) if c)
     return NodeFacts(
         machine=read_machine_type(machine_type_file),
         timestamp=int(clock()) if timestamp else None,
-        mig_capable=capable,
-        pci_classes=classes,
-        mig_enabled=enabled,
+        mig_capable=probe_mig_capable(nvml, inventory),
+        pci_classes=read_pci_classes(nvml, inventory),
+        fabrics=read_fabrics(nvml, inventory),
+        vgpu=read_vgpu(nvml, inventory),
     )

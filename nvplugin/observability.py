@@ -49,6 +49,11 @@ COUNTER_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "label_writes": ("Successful writes of the node's labels", ()),
     "event_writes": ("Kubernetes Events created or updated", ()),
     "api_errors": ("Failed Kubernetes API calls, by call", ("kind",)),
+    "api_retries": (
+        "Kubernetes API calls retried after a backoff delay, by call and reason "
+        "(conflict, expired, throttled, server_error, timeout, connection, watch_ended, ...)",
+        ("call", "reason"),
+    ),
 }
 HISTOGRAM_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "allocation_seconds": ("Time to answer Allocate, by resource", ("resource",)),
@@ -144,8 +149,14 @@ class Metrics:
         self._count("event_writes", ())
 
     def api_error(self, kind: str) -> None:
-        """A Kubernetes API call failed; `kind` names the call, e.g. patch_node, create_event, watch."""
+        """A Kubernetes API call failed; `kind` names the call: list_node, watch_node,
+        patch_node, create_event, patch_event, load_config."""
         self._count("api_errors", (kind,))
+
+    def api_retry(self, call: str, reason: str) -> None:
+        """A Kubernetes API call will be retried after a backoff delay (nvplugin.k8s.retry
+        names the reasons)."""
+        self._count("api_retries", (call, reason))
 
     # --- reading back (tests, the collector)
 

@@ -3,12 +3,17 @@
 One snapshot of the inventory and resources, plus the health marks. Every change bumps
 `version` and wakes all waiters at once (ListAndWatch streams, metrics, labels): no polling.
 Only the loop thread mutates it; worker threads hand their results to the loop first.
+
+It is also the one place health transitions are published: a mark that changes a device's
+health wakes the streams (through `version`) and is handed, as a HealthTransition, to every
+subscriber (Node Events); the device metrics follow the version like the streams do.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import anyio
@@ -19,12 +24,27 @@ from nvplugin.core.resources import Resource
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class HealthTransition:
+    """A device (GPU or MIG UUID) turned Unhealthy (healthy=False) or Healthy again."""
+
+    uuid: str
+    healthy: bool
+    reason: str
+    xid: int | None = None
+
+
+HealthSubscriber = Callable[[HealthTransition], None]
+
+
 class NodeState:
     def __init__(self, inventory: Inventory, resources: tuple[Resource, ...]) -> None:
         self._inventory = inventory
         self._resources = resources
         self._by_name = {r.name: r for r in resources}
         self._unhealthy: dict[str, str] = {}
+        self._unhealthy_xid: dict[str, int | None] = {}
+        self._subscribers: list[HealthSubscriber] = []
         self._version = 0
         self._changed: anyio.Event | None = None
 
@@ -59,22 +79,44 @@ class NodeState:
         self._by_name = {r.name: r for r in resources}
         self._bump()
 
-    def mark_unhealthy(self, uuid: str, reason: str) -> bool:
+    def mark_unhealthy(self, uuid: str, reason: str, xid: int | None = None) -> bool:
         """Returns whether anything changed (a second mark for the same device keeps the first reason)."""
         if uuid in self._unhealthy:
             return False
         self._unhealthy[uuid] = reason
+        self._unhealthy_xid[uuid] = xid
         log.debug("device %s marked Unhealthy: %s", uuid, reason)
         self._bump()
+        self._publish(HealthTransition(uuid, False, reason, xid))
         return True
 
     def mark_healthy(self, uuid: str) -> bool:
         reason = self._unhealthy.pop(uuid, None)
         if reason is None:
             return False
+        xid = self._unhealthy_xid.pop(uuid, None)
         log.debug("device %s Healthy again (was: %s)", uuid, reason)
         self._bump()
+        self._publish(HealthTransition(uuid, True, f"recovered from: {reason}", xid))
         return True
+
+    def subscribe(self, subscriber: HealthSubscriber) -> Callable[[], None]:
+        """Hand every health transition to `subscriber` (called on the loop, must not block);
+        returns the function that ends the subscription."""
+        self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    def _publish(self, transition: HealthTransition) -> None:
+        for subscriber in tuple(self._subscribers):
+            try:
+                subscriber(transition)
+            except Exception:
+                log.exception("health subscriber failed for %s", transition.uuid)
 
     def poke(self) -> None:
         """Wake every waiter without a change, so they re-check their own stop conditions."""

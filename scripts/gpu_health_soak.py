@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nvplugin.core.config import Config
 from nvplugin.core.resources import build_resources
 from nvplugin.core.xid import DEFAULT_POLICY, apply_env
-from nvplugin.health import HealthTransition, HealthWatcher
+from nvplugin.health import HealthWatcher
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.fake import FakeLayout, FakeNvml
 from nvplugin.nvml.real import RealNvml
-from nvplugin.state import NodeState
+from nvplugin.state import HealthTransition, NodeState
 
 LOAD = """
 import sys, time, torch
@@ -64,7 +64,8 @@ async def soak(seconds: float, fake_gpus: int) -> dict[str, object]:
     state = NodeState(inventory, build_resources(inventory, Config()))
     policy, warnings = apply_env(DEFAULT_POLICY, dict(os.environ))
     transitions: list[HealthTransition] = []
-    watcher = HealthWatcher(nvml, state, policy, transitions.append)
+    state.subscribe(transitions.append)
+    watcher = HealthWatcher(nvml, state, policy)
     finished: dict[str, object] = {}
 
     async def run_load() -> None:
@@ -108,7 +109,7 @@ async def soak(seconds: float, fake_gpus: int) -> dict[str, object]:
         "ecc_events": s.ecc_events,
         "ignored_xids": s.ignored_xids,
         "wait_errors": s.wait_errors,
-        "crashes": s.crashes,
+        "restarts": s.restarts,
         "unhealthy_count": len(unhealthy_during),
         "unhealthy": unhealthy_during,
         "transitions": [f"{t.uuid} healthy={t.healthy} xid={t.xid}: {t.reason}" for t in transitions],
@@ -150,7 +151,7 @@ def main() -> int:
         problems.append("no clean wait timeout")
     if record["unhealthy_count"]:
         problems.append(f"devices marked Unhealthy under load: {record['unhealthy']}")
-    if record["crashes"]:
+    if record["restarts"]:
         problems.append("the watcher crashed")
     if float(str(record["cancel_s"])) >= 1.0 or not record["wait_thread_stopped"]:
         problems.append("cancellation was not clean within 1 s")

@@ -1,10 +1,19 @@
+"""Shared fixtures and helpers: a short plugin directory, the kubelet simulator, an agent in the
+test's loop or in its own process, polling with a deadline, and the real NVML or a skip."""
+
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -14,6 +23,8 @@ from nvplugin.core.config import Config
 from nvplugin.nvml.base import Nvml
 from nvplugin.nvml.fake import FakeLayout, FakeNvml
 from nvplugin.simulate.kubelet import KubeletSimulator
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -33,15 +44,24 @@ def fake_nvml(count: int = 4, **layout: object) -> FakeNvml:
     return FakeNvml(FakeLayout.of(count, **layout))  # type: ignore[arg-type]
 
 
+async def eventually(check: Callable[[], object], within: float = 5.0, what: str = "") -> None:
+    """Poll `check` until it is true; fail after `within` seconds (a deadline, not a timing
+    assertion: use it for state that has no change notification of its own)."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {within:g} s: {what or check}")
+        await anyio.sleep(0.01)
+
+
 @contextlib.asynccontextmanager
-async def running_agent(config: Config, nvml: Nvml | None = None) -> AsyncIterator[Agent]:
+async def running_agent(config: Config, nvml: Nvml | None = None, **options: Any) -> AsyncIterator[Agent]:
     """The agent running in a task group of the test's loop; cancelled on exit."""
-    agent = Agent(config, nvml or fake_nvml(), handle_signals=False)
+    agent = Agent(config, nvml or fake_nvml(), handle_signals=False, **options)
     async with anyio.create_task_group() as tg:
         tg.start_soon(agent.run)
         with anyio.fail_after(5):
-            while agent.started is None or not agent.started.is_set():  # noqa: ASYNC110
-                await anyio.sleep(0.005)
+            await agent.wait_started()
         try:
             yield agent
         finally:
@@ -58,3 +78,70 @@ async def kubelet(plugin_dir: Path) -> AsyncIterator[KubeletSimulator]:
 def config(plugin_dir: Path) -> Config:
     # No metrics endpoint by default in tests: many agents would all want :8080.
     return Config(kubelet_socket=str(plugin_dir / "kubelet.sock"), metrics_address=None)
+
+
+# --- nvplugin in its own process
+
+
+def nvplugin_process(*args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[str]:
+    """`python -m nvplugin ARGS` from this checkout, without a metrics port unless `env` asks."""
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    full_env = {**os.environ, "PYTHONPATH": pythonpath, "NVPLUGIN_METRICS_ADDRESS": "off", **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "nvplugin", *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+async def read_until(
+    proc: subprocess.Popen[str], text: str, within: float = 15.0, stream: str = "stderr"
+) -> str:
+    """Read the process's stderr (or stdout) line by line until a line contains `text`; returns
+    what was read."""
+    pipe = proc.stderr if stream == "stderr" else proc.stdout
+    assert pipe is not None
+    seen: list[str] = []
+
+    def read() -> None:
+        assert pipe is not None
+        for line in pipe:
+            seen.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"the process ended before printing {text!r}:\n{''.join(seen)}")
+
+    with anyio.fail_after(within):
+        await anyio.to_thread.run_sync(read, abandon_on_cancel=True)
+    return "".join(seen)
+
+
+async def stop_process(proc: subprocess.Popen[str], signum: int = signal.SIGTERM) -> tuple[int, str, str]:
+    """Signal the process and collect (exit code, stdout, stderr)."""
+    proc.send_signal(signum)
+    out, err = await anyio.to_thread.run_sync(proc.communicate)
+    return proc.returncode, out, err
+
+
+# --- the real GPU
+
+
+@pytest.fixture
+def real_nvml() -> Iterator[Nvml]:
+    """The real backend, initialised; skips where there is no NVIDIA driver and GPU."""
+    from nvplugin.nvml.base import NvmlError
+    from nvplugin.nvml.real import RealNvml
+
+    nvml = RealNvml()
+    try:
+        nvml.init()
+    except NvmlError as exc:
+        pytest.skip(f"no NVIDIA GPU/driver here: {exc}")
+    try:
+        yield nvml
+    finally:
+        with contextlib.suppress(NvmlError):
+            nvml.shutdown()

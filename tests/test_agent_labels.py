@@ -3,18 +3,23 @@ while the kubelet side keeps serving."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
 import pytest
 
+from nvplugin.commands.labels import compute_labels
+from nvplugin.configload import ConfigSource, load
+from nvplugin.core.labels import TIMESTAMP_LABEL
+from nvplugin.nvml import open_backend
 from nvplugin.simulate.kubelet import KubeletSimulator
 from nvplugin.testing.apiserver import FakeApiServer
+from tests.conftest import eventually, running_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = "gpu-node-7"
@@ -44,14 +49,6 @@ def spawn(plugin_dir: Path, kubeconfig: Path, *args: str) -> subprocess.Popen[st
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-async def eventually(check: object, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await anyio.sleep(0.02)
 
 
 async def finish(proc: subprocess.Popen[str]) -> str:
@@ -106,13 +103,73 @@ async def test_node_label_switches_the_config(plugin_dir: Path, tmp_path: Path) 
             plugin = await kubelet.wait_registered("nvidia.com/gpu", count=2, timeout=15)
             assert plugin.capacity == 8
             await eventually(lambda: api.labels(NODE).get("nvidia.com/gpu.replicas") == "4")
-            # An unknown name is reported and the current config kept.
+            # An unknown name is reported and the current config kept: the next good name
+            # is the only other switch.
             api.set_labels(NODE, {"nvidia.com/device-plugin.config": "nope"})
-            await anyio.sleep(0.5)
-            assert kubelet.plugins["nvidia.com/gpu"].capacity == 8
+            api.set_labels(NODE, {"nvidia.com/device-plugin.config": "default"})
+            plugin = await kubelet.wait_registered("nvidia.com/gpu", count=3, timeout=15)
+            assert plugin.capacity == 2
+            assert len(kubelet.registrations) == 3
         finally:
             err = await finish(proc)
     assert "names no config" in err
+
+
+async def test_the_labels_command_prints_what_the_agent_writes(plugin_dir: Path, tmp_path: Path) -> None:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(
+        "version: v1\nsharing:\n  timeSlicing:\n    resources:\n"
+        "      - name: nvidia.com/gpu\n        replicas: 4\n"
+    )
+    api = FakeApiServer(bookmark_interval=0.2)
+    async with api, KubeletSimulator(plugin_dir):
+        api.add_node(NODE)
+        flags: dict[str, object] = {
+            "config_file": str(config_file),
+            "fake_gpus": "2",
+            "kubelet_socket": str(plugin_dir / "kubelet.sock"),
+            "labels": "true",
+            "node_name": NODE,
+            "kubeconfig": str(api.write_kubeconfig(tmp_path / "kubeconfig")),
+            "metrics_address": "off",
+        }
+        config = load(flags, {}).config
+        async with running_agent(config, open_backend(config), config_source=ConfigSource(flags)):
+            await eventually(lambda: "nvidia.com/gpu.product" in api.labels(NODE), within=15)
+            written = {
+                k: v
+                for k, v in api.labels(NODE).items()
+                if k.startswith("nvidia.com/") and k != TIMESTAMP_LABEL
+            }
+    printed = compute_labels(flags, {}, timestamp=False)
+    assert written == printed
+    assert printed["nvidia.com/gpu.replicas"] == "4"
+    assert printed["nvidia.com/gpu.product"].endswith("-SHARED")
+
+
+async def test_nvml_failing_never_deletes_the_gpu_labels(plugin_dir: Path, tmp_path: Path) -> None:
+    """A node whose NVML fails (driver upgrade, a bad mount) keeps nvidia.com/gpu.present and
+    its other GPU labels: DaemonSets select nodes by them, and the GPUs are unknown, not gone."""
+    layout = tmp_path / "broken.json"
+    layout.write_text(json.dumps({"count": 2, "faults": {"library": "missing"}}))
+    before = {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.count": "2", "nvidia.com/gpu.product": "X"}
+    api = FakeApiServer(bookmark_interval=0.2)
+    async with api, KubeletSimulator(plugin_dir):
+        api.add_node(NODE, before)
+        flags: dict[str, object] = {
+            "fake_gpus": str(layout),
+            "fail_on_init_error": "false",
+            "kubelet_socket": str(plugin_dir / "kubelet.sock"),
+            "labels": "true",
+            "node_name": NODE,
+            "kubeconfig": str(api.write_kubeconfig(tmp_path / "kubeconfig")),
+            "metrics_address": "off",
+        }
+        config = load(flags, {}).config
+        async with running_agent(config, open_backend(config)):
+            # The one write the agent may make: the timestamp.
+            await eventually(lambda: TIMESTAMP_LABEL in api.labels(NODE), within=15)
+            assert {k: v for k, v in api.labels(NODE).items() if k in before} == before
 
 
 def test_kubernetes_client_is_not_imported_without_labels() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -200,3 +201,76 @@ def test_patch_functions() -> None:
 def test_loopback_only() -> None:
     with pytest.raises(ValueError, match="loopback"):
         FakeApiServer(host="0.0.0.0")
+
+
+WATCH = {"watch": "1", "fieldSelector": f"metadata.name={NODE}"}
+
+
+async def test_close_cuts_the_answer_mid_body(server: FakeApiServer, http: aiohttp.ClientSession) -> None:
+    server.inject(Fault("list", action="close"))
+    with pytest.raises(aiohttp.ClientPayloadError):
+        resp = await http.get("/api/v1/nodes", params={"fieldSelector": f"metadata.name={NODE}"})
+        await resp.read()
+    # a patch is applied before its answer is lost
+    server.inject(Fault("patch", action="close"))
+    with pytest.raises(aiohttp.ClientPayloadError):
+        resp = await patch(http, {"metadata": {"labels": {"cut": "1"}}})
+        await resp.read()
+    assert server.labels(NODE)["cut"] == "1"
+    # a watch sends what it has, then the stream breaks (no terminating chunk)
+    server.inject(Fault("watch", action="close"))
+    async with http.get("/api/v1/nodes", params=WATCH) as resp:
+        assert json.loads(await resp.content.readline())["type"] == "ADDED"
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.content.readline()
+    assert (await http.get(f"/api/v1/nodes/{NODE}")).status == 200  # one request each
+
+
+async def test_watch_that_ends_at_once_or_expires(server: FakeApiServer, http: aiohttp.ClientSession) -> None:
+    server.inject(Fault("watch", action="end"))
+    async with http.get("/api/v1/nodes", params=WATCH) as resp:
+        assert resp.status == 200 and await resp.read() == b""
+    server.inject(Fault("watch", action="expire"))
+    async with http.get("/api/v1/nodes", params=WATCH) as resp:
+        (event,) = await read_events(resp, 5)
+    assert resp.status == 200 and event["type"] == "ERROR" and event["object"]["code"] == 410
+    with pytest.raises(ValueError, match="watch verb only"):
+        server.inject(Fault("list", action="end"))
+    with pytest.raises(ValueError, match="unknown fault action"):
+        server.inject(Fault("list", action="explode"))
+
+
+async def test_hang_never_answers_until_stop(server: FakeApiServer, http: aiohttp.ClientSession) -> None:
+    server.inject(Fault("get", action="hang"))
+    with pytest.raises(TimeoutError):
+        await http.get(f"/api/v1/nodes/{NODE}", timeout=aiohttp.ClientTimeout(total=0.3))
+    assert (await http.get(f"/api/v1/nodes/{NODE}")).status == 200  # only the one request hung
+
+
+async def test_fault_until_cleared_and_request_log(
+    server: FakeApiServer, http: aiohttp.ClientSession
+) -> None:
+    began = time.monotonic()
+    server.inject(Fault("get", 503, times=None, node=NODE))
+    for _ in range(5):
+        assert (await http.get(f"/api/v1/nodes/{NODE}")).status == 503
+    server.clear_faults()
+    assert (await http.get(f"/api/v1/nodes/{NODE}")).status == 200
+    assert (await http.get("/api/v1/nodes/other")).status == 404
+    assert server.requests_since(began, NODE) == 6
+    assert server.requests_since(began) == 7
+    assert server.peak_rate(began, NODE, window=60.0) == 6
+    assert server.requests_since(time.monotonic() + 1) == 0
+
+
+async def test_admission_rewrites_client_patches_only(
+    server: FakeApiServer, http: aiohttp.ClientSession
+) -> None:
+    def webhook(node: dict[str, Any]) -> None:
+        node["metadata"]["labels"]["b"] = "admitted"
+
+    server.admission = webhook
+    answer = await (await patch(http, {"metadata": {"labels": {"b": "2"}}})).json()
+    assert answer["metadata"]["labels"]["b"] == "admitted"
+    server.set_labels(NODE, {"b": "3"})  # another client's edit through the test control
+    assert server.labels(NODE)["b"] == "3"

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+import yaml
 
 from nvplugin.core.resources import GPU_RESOURCE
 from nvplugin.simulate.kubelet import KubeletSimulator
+from tests.conftest import read_until, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,7 +85,7 @@ def test_missing_nvml_library_fails_with_a_hint(plugin_dir: Path, tmp_path: Path
 
 
 @pytest.mark.anyio
-async def test_missing_nvml_without_fail_on_init_error_serves_zero_devices(
+async def test_missing_nvml_without_fail_on_init_error_registers_nothing(
     plugin_dir: Path, tmp_path: Path
 ) -> None:
     layout = tmp_path / "broken.json"
@@ -96,12 +98,13 @@ async def test_missing_nvml_without_fail_on_init_error_serves_zero_devices(
             env={"KUBELET_SOCKET": str(plugin_dir / "kubelet.sock"), "FAIL_ON_INIT_ERROR": "false"},
         )
         try:
-            plugin = await kubelet.wait_registered(GPU_RESOURCE, timeout=15)
-            assert plugin.capacity == 0
+            # Like NVIDIA's plugin: a resource without devices is not registered.
+            early = await read_until(proc, "has no devices: not registered")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            _, err = await anyio.to_thread.run_sync(proc.communicate)
-    assert proc.returncode == 0
+            code, _, err = await stop_process(proc)
+        assert kubelet.registrations == []
+    assert code == 0
+    err = early + err
     assert "running with zero devices" in err
     assert "no NVML: XID health checks are off" in err and "crashed" not in err
 
@@ -134,6 +137,55 @@ def test_simulate_once_tells_what_the_kubelet_sees() -> None:
     assert "registered nvidia.com/gpu" in out
     assert "capacity 2, allocatable 2" in out
     assert "env NVIDIA_VISIBLE_DEVICES=GPU-" in out
+
+
+def test_simulate_narrates_a_refusal_as_the_kubelet_meets_it(tmp_path: Path) -> None:
+    """The shipped time-slicing example refuses requests for more than one replica."""
+    example = yaml.safe_load((ROOT / "manifests/examples/time-slicing-config.yaml").read_text())
+    config = tmp_path / "config.yaml"
+    config.write_text(example["data"]["config.yaml"])
+    code, out, err = run_to_end("simulate", "--once", "--fake-gpus", "2", "--config-file", str(config))
+    assert code == 0, err
+    assert "Traceback" not in out + err
+    assert "The plugin refuses the allocation, so a real kubelet fails the pod's admission" in out
+    assert "maximum request size for shared resources is 1" in out
+    assert "A pod that asks for one nvidia.com/gpu instead" in out
+
+
+@pytest.mark.anyio
+async def test_simulate_stops_cleanly_on_sigterm_and_leaves_nothing() -> None:
+    proc = nvplugin("simulate", "--fake-gpus", "2")
+    try:
+        out = await read_until(proc, "Running.", stream="stdout")
+    finally:
+        code, rest, err = await stop_process(proc)
+    assert code == 0, err
+    workspace = Path(out.split("embedded kubelet in ", 1)[1].split()[0]).parent
+    assert not workspace.exists()
+    hints = [line.strip() for line in (out + rest).splitlines() if "inject-xid" in line]
+    assert hints, out + rest
+    hint = hints[0]
+    assert hint.startswith(f"{sys.executable} -m nvplugin inject-xid --control {workspace}")
+
+
+@pytest.mark.anyio
+async def test_the_stand_in_kubelet_command_serves_an_agent(plugin_dir: Path) -> None:
+    kubelet = nvplugin("kubelet", "--dir", str(plugin_dir))
+    agent = None
+    try:
+        await read_until(kubelet, "Start an agent against it", stream="stdout")
+        agent = nvplugin("run", "--fake-gpus", "2", "--kubelet-socket", str(plugin_dir / "kubelet.sock"))
+        await read_until(kubelet, "capacity 2, allocatable 2", stream="stdout")
+        kubelet.send_signal(signal.SIGHUP)  # restarts like a kubelet: the agent registers again
+        await read_until(kubelet, "SIGHUP: restarting", stream="stdout")
+        await read_until(kubelet, "capacity 2, allocatable 2", stream="stdout")
+    finally:
+        if agent is not None:
+            agent_code, _, agent_err = await stop_process(agent)
+        code, _, err = await stop_process(kubelet)
+    assert code == 0, err
+    assert agent_code == 0, agent_err
+    assert not (plugin_dir / "kubelet.sock").exists()
 
 
 @pytest.mark.anyio

@@ -76,7 +76,7 @@ async def test_separate_process_injects(sock_path: str) -> None:
             [
                 sys.executable,
                 "-m",
-                "nvplugin.commands.inject_xid",
+                "nvplugin",
                 "inject-xid",
                 "--control",
                 sock_path,

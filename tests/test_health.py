@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import anyio
 import pytest
@@ -21,11 +22,13 @@ from nvplugin.core.resources import (
     device_health,
 )
 from nvplugin.core.xid import DEFAULT_POLICY, HealthPolicy, RecoveryPolicy
-from nvplugin.health import HealthTransition, HealthWatcher, event_targets, placements_from_state
+from nvplugin.health import HealthWatcher, event_targets, placements_from_state
 from nvplugin.nvml.base import NvmlEvent
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.fake import FakeLayout, FakeNvml
-from nvplugin.state import NodeState
+from nvplugin.state import HealthTransition, NodeState
+from nvplugin.tasks import Backoff, TaskSpec, guarded
+from tests.conftest import eventually, running_agent
 
 pytestmark = pytest.mark.anyio
 
@@ -41,13 +44,25 @@ def make(count: int = 2) -> tuple[FakeNvml, NodeState]:
     return fake, NodeState(inventory, build_resources(inventory, Config()))
 
 
+class Clock:
+    """The watcher's clock, moved by the test: fault ages without waiting them out."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @asynccontextmanager
 async def watching(
     fake: FakeNvml, state: NodeState, policy: HealthPolicy = FAST, **kwargs: object
 ) -> AsyncIterator[HealthWatcher]:
+    """The watcher run as the agent runs it: under the task guard."""
     watcher = HealthWatcher(fake, state, policy, wait_timeout_ms=200, **kwargs)  # type: ignore[arg-type]
+    spec = TaskSpec[HealthWatcher]("health", HealthWatcher.run, restart=Backoff(initial=0.05, cap=0.1))
     async with anyio.create_task_group() as tg:
-        tg.start_soon(watcher.run)
+        tg.start_soon(guarded, spec, watcher)
         with anyio.fail_after(5):
             await watcher.ready.wait()
         yield watcher
@@ -62,13 +77,6 @@ async def until(condition: Callable[[], bool], state: NodeState, limit_s: float 
             seen = await state.wait_changed(seen)
 
 
-async def eventually(condition: Callable[[], bool], limit_s: float = 3.0) -> None:
-    """For counters that have no change notification of their own."""
-    with anyio.fail_after(limit_s):
-        while not condition():  # noqa: ASYNC110 - watcher counters have no event to wait on
-            await anyio.sleep(0.01)
-
-
 def uuid(state: NodeState, index: int) -> str:
     return state.inventory.gpus[index].uuid
 
@@ -76,18 +84,15 @@ def uuid(state: NodeState, index: int) -> str:
 async def test_xid_marks_only_its_gpu_unhealthy() -> None:
     fake, state = make(2)
     transitions: list[HealthTransition] = []
-    async with watching(fake, state, on_transition=transitions.append) as watcher:
+    state.subscribe(transitions.append)
+    async with watching(fake, state) as watcher:
         fake.inject_xid(0, 79)
         await until(lambda: uuid(state, 0) in state.unhealthy, state)
         assert uuid(state, 1) not in state.unhealthy
         assert "XID 79 on GPU 0, needs reboot" in state.unhealthy[uuid(state, 0)]
         devices = state.resources[0].devices
         assert [device_health(d, state.unhealthy) for d in devices] == [UNHEALTHY, HEALTHY]
-        assert transitions == [
-            HealthTransition(
-                uuid(state, 0), False, state.unhealthy[uuid(state, 0)], 79, transitions[0].action
-            )
-        ]
+        assert transitions == [HealthTransition(uuid(state, 0), False, state.unhealthy[uuid(state, 0)], 79)]
         assert watcher.stats.registered == 2
 
 
@@ -116,36 +121,57 @@ async def test_env_policy_checks_an_application_xid() -> None:
 async def test_restart_app_fault_recovers_after_the_quiet_period() -> None:
     fake, state = make(1)
     transitions: list[HealthTransition] = []
-    async with watching(fake, state, on_transition=transitions.append):
+    state.subscribe(transitions.append)
+    async with watching(fake, state):
         fake.inject_xid(0, 8)
         await until(lambda: uuid(state, 0) in state.unhealthy, state)
         marked = time.monotonic()
         await until(lambda: uuid(state, 0) not in state.unhealthy, state)
         assert time.monotonic() - marked >= 0.25
-        assert [t.healthy for t in transitions] == [False, True]
+        assert [(t.healthy, t.xid) for t in transitions] == [(False, 8), (True, 8)]
+        assert transitions[1].reason == f"recovered from: {transitions[0].reason}"
 
 
 async def test_reset_class_fault_waits_for_the_gpu_reset() -> None:
     fake, state = make(1)
-    async with watching(fake, state) as watcher:
+    clock = Clock()
+    async with watching(fake, state, clock=clock) as watcher:
         fake.inject_xid(0, 95)
         await until(lambda: uuid(state, 0) in state.unhealthy, state)
-        await anyio.sleep(0.6)  # twice the quiet period: still no reset
+        clock.now += 60  # long past the quiet period
+        probes = watcher.stats.probes
+        await eventually(lambda: watcher.stats.probes >= probes + 2)  # probed since: still no reset
         assert uuid(state, 0) in state.unhealthy
         assert watcher.faults[uuid(state, 0)].reset_requested
         fake.reset_gpu(0)
         await until(lambda: uuid(state, 0) not in state.unhealthy, state)
 
 
-async def test_reboot_class_fault_stays_unhealthy() -> None:
+async def test_a_reset_right_after_the_xid_counts() -> None:
     fake, state = make(1)
     async with watching(fake, state) as watcher:
+        fake.inject_xid(0, 95)
+        await until(lambda: uuid(state, 0) in state.unhealthy, state)
+        fake.reset_gpu(0)  # before any recovery pass (the order docs/xid.md gives)
+        await until(lambda: uuid(state, 0) not in state.unhealthy, state)
+        assert watcher.stats.recoveries == 1
+
+
+async def test_reboot_class_fault_stays_unhealthy() -> None:
+    fake, state = make(2)
+    clock = Clock()
+    async with watching(fake, state, clock=clock) as watcher:
         fake.inject_xid(0, 79)
         await until(lambda: uuid(state, 0) in state.unhealthy, state)
         fake.reset_gpu(0)
-        await anyio.sleep(0.6)
+        # A recoverable fault on the other GPU: once it has recovered, recovery passes ran long
+        # past the quiet period, and none of them may have touched the reboot-class fault.
+        fake.inject_xid(1, 8)
+        await until(lambda: uuid(state, 1) in state.unhealthy, state)
+        clock.now += 60
+        await until(lambda: uuid(state, 1) not in state.unhealthy, state)
         assert uuid(state, 0) in state.unhealthy
-        assert watcher.stats.recoveries == 0
+        assert watcher.stats.recoveries == 1
 
 
 def replicated(state: NodeState, replicas: int) -> tuple[Resource, ...]:
@@ -234,12 +260,13 @@ async def test_lost_gpu_makes_only_its_own_devices_unhealthy() -> None:
     async with watching(fake, state) as watcher:
         fake.lose_gpu(1)
         await until(lambda: uuid(state, 1) in state.unhealthy, state)
-        await anyio.sleep(0.3)
-        assert set(state.unhealthy) == {uuid(state, 1)}
+        # Events are handled in order: once this marker XID is, every probe of the lost GPU's
+        # wait error is done. The watcher keeps watching the others.
+        fake.inject_xid(2, 79)
+        await until(lambda: uuid(state, 2) in state.unhealthy, state)
+        assert set(state.unhealthy) == {uuid(state, 1), uuid(state, 2)}
         assert "lost" in state.unhealthy[uuid(state, 1)]
         assert watcher.stats.wait_errors == 1
-        fake.inject_xid(2, 79)  # the watcher keeps watching the others
-        await until(lambda: uuid(state, 2) in state.unhealthy, state)
 
 
 async def test_wait_error_probes_per_device_and_marks_only_failing_ones() -> None:
@@ -270,18 +297,20 @@ class CrashingNvml(FakeNvml):
 
 
 async def test_a_crashed_watcher_is_logged_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     fake = CrashingNvml(FakeLayout.of(1))
     fake.init()
     inventory = discover(fake)
     state = NodeState(inventory, build_resources(inventory, Config()))
-    async with watching(fake, state, restart_backoff_s=(0.05, 0.1)) as watcher:
+    async with watching(fake, state) as watcher:
         await eventually(lambda: watcher.stats.restarts >= 1)
         await eventually(lambda: fake.event_stats()["event_sets"] == 1)
         fake.inject_xid(0, 79)
         await until(lambda: uuid(state, 0) in state.unhealthy, state)
-    assert watcher.stats.crashes == 1
-    assert watcher.stats.last_crash == "RuntimeError: bug in the backend"
-    assert any("health watcher crashed" in r.message for r in caplog.records)
+    crashes = [r for r in caplog.records if r.message.startswith("task health crashed")]
+    assert [r.message for r in crashes] == ["task health crashed: RuntimeError: bug in the backend"]
+    assert crashes[0].exc_info is not None  # the traceback is logged with it
+    assert any(r.message.startswith("restarting task health in") for r in caplog.records)
 
 
 async def test_cancellation_during_a_wait_is_prompt_and_frees_the_event_set() -> None:
@@ -290,13 +319,15 @@ async def test_cancellation_during_a_wait_is_prompt_and_frees_the_event_set() ->
     async with anyio.create_task_group() as tg:
         tg.start_soon(watcher.run)
         await watcher.ready.wait()
-        await anyio.sleep(0.1)  # now inside a blocking wait
+        waits = watcher.stats.waits
+        await eventually(lambda: watcher.stats.waits > waits)  # now inside a blocking wait
         assert fake.event_stats()["event_sets"] == 1
         started = time.monotonic()
         tg.cancel_scope.cancel()
-    # run() returns once its wait thread has left (at most one wait): NVML may shut down now
-    assert time.monotonic() - started < 1.0
-    assert watcher.wait_stopped(0)
+    # run() returns at once: the wait thread is abandoned, and leaves within one wait timeout,
+    # freeing the event set on its way out (NVML may shut down after wait_stopped()).
+    assert time.monotonic() - started < 0.2
+    assert await anyio.to_thread.run_sync(watcher.wait_stopped, 2.0)
     assert fake.event_stats()["event_sets"] == 0
 
 
@@ -310,17 +341,15 @@ async def test_a_gpu_without_events_is_reported_once_not_fatal(caplog: pytest.Lo
         assert watcher.stats.registered == 1 and watcher.stats.unsupported == 1
         # a new inventory makes the watcher register again; the warning is not repeated
         state.replace(replace(state.inventory, gpus=state.inventory.gpus[1:]), state.resources)
-        await eventually(lambda: watcher.stats.restarts >= 1)
-        await anyio.sleep(0.1)
+        await eventually(lambda: watcher.stats.registrations == 2)
     warnings = [r for r in caplog.records if "supports none of the XID and ECC events" in r.message]
     assert len(warnings) == 1
     assert watcher.stats.registered == 0  # the new inventory holds only the GPU without events
 
 
-async def test_disabled_policy_starts_nothing() -> None:
-    fake, state = make(1)
-    async with watching(fake, state, HealthPolicy(all_disabled=True)) as watcher:
-        fake.inject_xid(0, 79)
-        await anyio.sleep(0.1)
-        assert watcher.stats.registered == 0 and dict(state.unhealthy) == {}
+async def test_disabled_policy_starts_no_watcher(plugin_dir: Path) -> None:
+    fake = FakeNvml(FakeLayout.of(1))
+    config = Config(kubelet_socket=str(plugin_dir / "kubelet.sock"), metrics_address=None)
+    async with running_agent(config, fake, health_policy=HealthPolicy(all_disabled=True)) as agent:
+        assert agent.health is None
         assert fake.event_stats()["event_sets"] == 0

@@ -18,11 +18,9 @@ from nvplugin.commands import inject_xid
 from nvplugin.core.config import Config
 from nvplugin.core.resources import GPU_RESOURCE
 from nvplugin.core.xid import DEFAULT_POLICY, RecoveryPolicy
-from nvplugin.health import attach_to_agent
 from nvplugin.nvml.fake import FakeNvml, load_layout
-from nvplugin.nvml.fakecontrol import ControlError
 from nvplugin.simulate.kubelet import KubeletSimulator
-from tests.conftest import fake_nvml
+from tests.conftest import eventually, fake_nvml, nvplugin_process
 
 pytestmark = pytest.mark.anyio
 FAST = replace(
@@ -33,15 +31,12 @@ FAST = replace(
 @asynccontextmanager
 async def agent_with_health(config: Config, nvml: FakeNvml, control: str) -> AsyncIterator[Agent]:
     """The agent as `run --fake-gpus` will run it: the watcher and the control socket are tasks."""
-    agent = Agent(config, nvml, handle_signals=False)
-    attach_to_agent(agent, FAST, fake_control=control)
+    agent = Agent(config, nvml, handle_signals=False, health_policy=FAST, fake_control=control)
     async with anyio.create_task_group() as tg:
         tg.start_soon(agent.run)
         with anyio.fail_after(5):
-            while agent.started is None or not agent.started.is_set():  # noqa: ASYNC110
-                await anyio.sleep(0.005)
-            while not await anyio.Path(control).exists():  # noqa: ASYNC110
-                await anyio.sleep(0.005)
+            await agent.wait_started()
+        await eventually(lambda: Path(control).exists(), what="the control socket")
         try:
             yield agent
         finally:
@@ -77,11 +72,13 @@ async def test_injected_xid_reaches_the_kubelet_and_allocate_refuses(
         healthy = nvml.layout.gpus[0].uuid
         response = await kubelet.allocate(GPU_RESOURCE, [healthy])
         assert response.envs["NVIDIA_VISIBLE_DEVICES"] == healthy
-        # an ignored XID changes nothing the kubelet sees
+        # an ignored XID changes nothing the kubelet sees: once the XID sent after it has
+        # reached the kubelet, that is the only change
         updates = plugin.updates
         assert await anyio.to_thread.run_sync(command, control, "--gpu", "0", "--xid", "13") == 0
-        await anyio.sleep(0.2)
-        assert plugin.updates == updates and plugin.allocatable == 3
+        assert await anyio.to_thread.run_sync(command, control, "--gpu", "1", "--xid", "79") == 0
+        plugin = await kubelet.wait_devices(GPU_RESOURCE, lambda p: p.allocatable == 2)
+        assert plugin.updates == updates + 1 and plugin.devices[healthy] == "Healthy"
 
 
 async def test_recovery_brings_the_device_back(
@@ -93,7 +90,11 @@ async def test_recovery_brings_the_device_back(
         uuid = nvml.layout.gpus[1].uuid
         assert await anyio.to_thread.run_sync(command, control, "--gpu", "1", "--xid", "95") == 0
         await kubelet.wait_devices(GPU_RESOURCE, lambda p: p.allocatable == 1)
-        await anyio.sleep(0.5)  # past the quiet period: a reset-class fault still waits
+        # An application-class XID on GPU 0, later: once it has recovered, GPU 1's fault is past
+        # its quiet period too, yet a reset-class fault waits for the reset.
+        assert await anyio.to_thread.run_sync(command, control, "--gpu", "0", "--xid", "8") == 0
+        await kubelet.wait_devices(GPU_RESOURCE, lambda p: p.allocatable == 0)
+        await kubelet.wait_devices(GPU_RESOURCE, lambda p: p.allocatable == 1)
         assert kubelet.plugins[GPU_RESOURCE].devices[uuid] == "Unhealthy"
         assert await anyio.to_thread.run_sync(command, control, "--gpu", "1", "--reset") == 0
         plugin = await kubelet.wait_devices(GPU_RESOURCE, lambda p: p.allocatable == 2)
@@ -120,8 +121,10 @@ async def test_agent_stops_promptly_during_a_wait(
     nvml = fake_nvml(2)
     async with agent_with_health(config, nvml, control) as agent:
         await kubelet.wait_registered(GPU_RESOURCE)
-        await anyio.sleep(0.1)  # the watcher is inside a blocking NVML wait
-        started = time.monotonic()
+        assert agent.health is not None
+        waits = agent.health.stats.waits
+        await eventually(lambda: agent.health is not None and agent.health.stats.waits > waits)
+        started = time.monotonic()  # the watcher is inside a blocking NVML wait
         agent.stop()
         with anyio.fail_after(2):
             while agent.started is not None and nvml.event_stats()["event_sets"]:  # noqa: ASYNC110
@@ -130,10 +133,19 @@ async def test_agent_stops_promptly_during_a_wait(
     assert not await anyio.Path(control).exists()
 
 
-def test_attach_refuses_a_control_socket_in_the_plugin_dir(config: Config) -> None:
-    agent = Agent(config, fake_nvml(1), handle_signals=False)
-    with pytest.raises(ControlError, match="must not be in the kubelet's device-plugin directory"):
-        attach_to_agent(agent, fake_control=str(Path(config.plugin_dir) / "fake.sock"))
+def test_a_control_socket_in_the_plugin_dir_is_a_usage_error(config: Config) -> None:
+    proc = nvplugin_process(
+        "run",
+        "--fake-gpus",
+        "1",
+        "--kubelet-socket",
+        config.kubelet_socket,
+        "--fake-control",
+        str(Path(config.plugin_dir) / "fake.sock"),
+    )
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, err
+    assert "must not be in the kubelet's device-plugin directory" in err
 
 
 async def test_mig_event_reaches_only_its_mig_device(

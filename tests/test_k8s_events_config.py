@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import anyio
 import pytest
 
+from nvplugin.core.labels import DesiredLabels
 from nvplugin.k8s.client import NodeApi
 from nvplugin.k8s.events import NodeEventPublisher
 from nvplugin.k8s.nodeconfig import (
@@ -20,7 +21,9 @@ from nvplugin.k8s.nodeconfig import (
     choose_config,
     parse_fallbacks,
 )
-from nvplugin.k8s.reconciler import Backoff, NodeLabelReconciler
+from nvplugin.k8s.reconciler import NodeLabelReconciler
+from nvplugin.k8s.retry import Backoff, RetryPolicy
+from nvplugin.observability import Metrics
 from nvplugin.testing.apiserver import FakeApiServer, Fault
 
 NODE = "gpu-node-1"
@@ -44,7 +47,15 @@ async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+        await anyio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running(run: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        yield
+        tg.cancel_scope.cancel()
 
 
 def events_of(api: FakeApiServer) -> list[dict]:
@@ -54,14 +65,20 @@ def events_of(api: FakeApiServer) -> list[dict]:
 # --- Events
 
 
-@pytest.mark.anyio
-async def test_health_events_created_aggregated_and_rate_limited(api: FakeApiServer, tmp_path: Path) -> None:
+@pytest.fixture
+async def client(api: FakeApiServer, tmp_path: Path) -> AsyncIterator[NodeApi]:
     client = await NodeApi.connect(str(api.write_kubeconfig(tmp_path / "kc")))
+    yield client
+    await client.close()
+
+
+@pytest.mark.anyio
+async def test_health_events_created_aggregated_and_rate_limited(api: FakeApiServer, client: NodeApi) -> None:
+    metrics = Metrics()
     publisher = NodeEventPublisher(
-        NODE, lambda: client, node_uid=lambda: "uid-1", burst=3, refill_seconds=3600
+        NODE, lambda: client, node_uid=lambda: "uid-1", burst=3, refill_seconds=3600, metrics=metrics
     )
-    task = asyncio.create_task(publisher.run())
-    try:
+    async with running(publisher.run):
         publisher.publish_health_event(UUID, 79, "GPU has fallen off the bus", healthy=False)
         await eventually(lambda: publisher.created == 1)
         (event,) = events_of(api)
@@ -83,26 +100,39 @@ async def test_health_events_created_aggregated_and_rate_limited(api: FakeApiSer
             publisher.publish_health_event(UUID, 48 + i, "DBE", healthy=False)
         await eventually(lambda: publisher.dropped == 50)
         assert api.count("create-event") == 2 and api.count("patch-event") == 1
-    finally:
-        task.cancel()
-        await client.close()
+        assert metrics.value("event_writes") == 3
 
 
 @pytest.mark.anyio
-async def test_events_survive_api_outage_without_blocking(api: FakeApiServer, tmp_path: Path) -> None:
-    client = await NodeApi.connect(str(api.write_kubeconfig(tmp_path / "kc")))
-    publisher = NodeEventPublisher(NODE, lambda: client, retry=(0.05, 0.2))
-    task = asyncio.create_task(publisher.run())
-    try:
+async def test_events_survive_api_outage_without_blocking(api: FakeApiServer, client: NodeApi) -> None:
+    metrics = Metrics()
+    publisher = NodeEventPublisher(
+        NODE, lambda: client, retry=RetryPolicy(backoff=Backoff(0.05, 0.2)), metrics=metrics
+    )
+    async with running(publisher.run):
         api.inject(Fault("create-event", 500, times=2))
         started = time.monotonic()
         publisher.publish_health_event(UUID, 48, "double-bit ECC error", healthy=False)
         assert time.monotonic() - started < 0.01  # never waits for the API
         await eventually(lambda: publisher.created == 1)
         assert api.count("create-event") == 3
-    finally:
-        task.cancel()
-        await client.close()
+        assert metrics.value("api_retries", "create_event", "server_error") == 2
+        assert metrics.value("api_errors", "create_event") == 2
+
+
+@pytest.mark.anyio
+async def test_event_refused_is_dropped_not_retried(api: FakeApiServer, client: NodeApi) -> None:
+    metrics = Metrics()
+    publisher = NodeEventPublisher(NODE, lambda: client, metrics=metrics)
+    async with running(publisher.run):
+        api.inject(Fault("create-event", 422, times=1))
+        publisher.publish_health_event(UUID, 48, "double-bit ECC error", healthy=False)
+        await eventually(lambda: publisher.failed == 1)
+        publisher.publish_health_event(UUID, 79, "fell off the bus", healthy=False)
+        await eventually(lambda: publisher.created == 1)
+        assert api.count("create-event") == 2
+        assert metrics.value("api_errors", "create_event") == 1
+        assert metrics.value("api_retries", "create_event", "client_error") == 0
 
 
 @pytest.mark.anyio
@@ -190,12 +220,12 @@ async def test_config_switched_by_node_label(api: FakeApiServer, tmp_path: Path)
         {"nvidia.com/gpu.count": "1"},
         kubeconfig=str(api.write_kubeconfig(tmp_path / "kc")),
         on_node_labels=switcher.observe,
-        backoff=Backoff(0.05, 0.2),
+        retry=RetryPolicy(backoff=Backoff(0.05, 0.2)),
         rng=random.Random(2),
     )
-    task = asyncio.create_task(reconciler.run())
-    try:
-        await asyncio.wait_for(reconciler.wait_synced(), 5)
+    async with running(reconciler.run):
+        with anyio.fail_after(5):
+            await reconciler.wait_synced()
         assert reloads == []  # no label: the start-up config stays
         api.set_labels(NODE, {"nvidia.com/device-plugin.config": "time-sliced"})
         await eventually(lambda: reloads == ["time-sliced"])
@@ -206,17 +236,25 @@ async def test_config_switched_by_node_label(api: FakeApiServer, tmp_path: Path)
         await eventually(lambda: reloads == ["time-sliced", "default"])
         # the selector label is the user's: the reconciler never wrote it
         assert api.count("patch", NODE) == 1
-    finally:
-        task.cancel()
+
+
+def test_switcher_started_with_a_choice_made_elsewhere(tmp_path: Path) -> None:
+    for name in ("default", "ts4"):
+        (tmp_path / name).write_text("version: v1\n")
+    calls: list[str | None] = []
+    switcher = NodeConfigSwitcher(tmp_path, lambda n, p: calls.append(n))
+    switcher.started_with("default")
+    switcher.observe({})  # the label is still unset: nothing to switch
+    assert calls == [] and switcher.current == "default"
+    switcher.observe({"nvidia.com/device-plugin.config": "ts4"})
+    assert calls == ["ts4"]
 
 
 # --- all of it behind NodeIntegration, one watch
 
 
 @pytest.mark.anyio
-async def test_node_integration_labels_events_and_config(
-    api: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_node_integration_labels_events_and_config(api: FakeApiServer, tmp_path: Path) -> None:
     from nvplugin.k8s.integration import NodeIntegration, resolve_node_name
 
     configs = tmp_path / "configs"
@@ -224,30 +262,40 @@ async def test_node_integration_labels_events_and_config(
     (configs / "default").write_text("version: v1\n")
     (configs / "ts").write_text("version: v1\n")
     reloads: list[str | None] = []
+    metrics = Metrics()
     node = NodeIntegration(
         resolve_node_name(None, {"NODE_NAME": NODE}),
         kubeconfig=str(api.write_kubeconfig(tmp_path / "kc")),
         config_dir=str(configs),
         on_config_change=lambda name, path: reloads.append(name),
+        initial_config="default",  # what the wiring's one NodeConfigSwitcher.initial() chose
+        metrics=metrics,
     )
-    assert node.config_switcher is not None
-    node.config_switcher.initial()
+    assert node.config_switcher is not None and node.config_switcher.current == "default"
     # an event published before the client is connected is kept and sent once it is
     node.publish_health_event(UUID, 79, "fell off the bus", healthy=False)
-    task = asyncio.create_task(node.run())
-    try:
-        node.set_desired({"nvidia.com/gpu.count": "8"})
+    async with running(node.run):
+        node.set_desired(DesiredLabels({"nvidia.com/gpu.count": "8"}))
         await eventually(lambda: api.labels(NODE).get("nvidia.com/gpu.count") == "8")
         await eventually(lambda: node.events.created == 1)
         (event,) = events_of(api)
         assert event["involvedObject"]["uid"] == api.node(NODE)["metadata"]["uid"]
+        assert reloads == []  # the start-up choice is not made (or applied) a second time
         api.set_labels(NODE, {"nvidia.com/device-plugin.config": "ts"})
         await eventually(lambda: reloads == ["ts"])
         assert api.count("watch", NODE) == 1 and api.open_watches(NODE) == 1
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        assert metrics.value("label_writes") == 1 and metrics.value("event_writes") == 1
+
+
+def test_node_integration_needs_the_initial_config_with_a_config_dir(tmp_path: Path) -> None:
+    from nvplugin.k8s.integration import NodeIntegration
+
+    with pytest.raises(ValueError, match="initial_config"):
+        NodeIntegration(NODE, config_dir=str(tmp_path), on_config_change=lambda name, path: None)
+    empty = NodeIntegration(
+        NODE, config_dir=str(tmp_path), on_config_change=lambda name, path: None, initial_config=None
+    )
+    assert empty.config_switcher is not None and empty.config_switcher.current is None
 
 
 def test_node_name_required() -> None:

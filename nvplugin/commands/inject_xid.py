@@ -96,15 +96,3 @@ def run(args: argparse.Namespace) -> int:
             + (f" delivered to {answer['delivered']} event set(s)" if "delivered" in answer else "")
         )
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (until the lead wires the subcommand into nvplugin.cli)."""
-    parser = argparse.ArgumentParser(prog="nvplugin")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.run(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from nvplugin.core.config import Config
 from nvplugin.core.excerpt import QUOTED_VALUES, counted, excerpt, listed, quote_some
+from nvplugin.core.imex import IMEX_CHANNELS_ENV, ImexChannel
 from nvplugin.core.resources import AdvertisedDevice, Resource, unhealthy_reason
 
 
@@ -25,9 +26,12 @@ class AllocationError(ValueError):
 VISIBLE_DEVICES_ENV = "NVIDIA_VISIBLE_DEVICES"
 VOLUME_MOUNTS_ROOT = "/var/run/nvidia-container-devices"
 VOLUME_MOUNTS_HOST_PATH = "/dev/null"
-CDI_DEVICE_KIND = "k8s.device-plugin.nvidia.com/gpu"
+CDI_VENDOR = "k8s.device-plugin.nvidia.com"
+CDI_DEVICE_KIND = f"{CDI_VENDOR}/gpu"
 CDI_ANNOTATION_PLUGIN = "nvidia-device-plugin"
 CDI_STRATEGIES = frozenset({"cdi-annotations", "cdi-cri"})
+# Set whatever the device-list strategy when the feature is enabled (NVIDIA's server.go).
+FEATURE_ENVS = {"gdrcopy": "NVIDIA_GDRCOPY", "gds": "NVIDIA_GDS", "mofed": "NVIDIA_MOFED"}
 # Passed with PASS_DEVICE_SPECS when they exist (NVIDIA stats them in its own container).
 CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 
@@ -137,45 +141,67 @@ def container_allocation(
     *,
     existing_control_nodes: Collection[str] | None = None,
     response_id: str | None = None,
+    imex_channels: Sequence[ImexChannel] = (),
+    cdi_modes: Collection[str] = (),
 ) -> ContainerAllocation:
     """NVIDIA's ContainerAllocateResponse for the devices a container was given.
 
-    Follows NVIDIA's getAllocateResponse: CDI strategies first (annotation key from
-    `response_id`, a fresh UUID when None); with only CDI strategies nothing else is set;
-    `envvar` sets NVIDIA_VISIBLE_DEVICES; `volume-mounts` then points it at the mount root and
-    mounts /dev/null per device; PASS_DEVICE_SPECS adds the device nodes.
-    `existing_control_nodes` is the set of CONTROL_NODES present on the node (checked once by
-    the caller); None means all of them.
+    Follows NVIDIA's getAllocateResponse: CDI devices first - the GPUs, the IMEX channels, then
+    `<mode>=all` for each of gds/mofed/gdrcopy that is enabled and has a CDI spec (`cdi_modes`:
+    the modes whose spec was written) - as an annotation (key from `response_id`, a fresh UUID
+    when None) and/or the CRI field; NVIDIA_GDS / NVIDIA_MOFED / NVIDIA_GDRCOPY=enabled whatever
+    the strategy; with only CDI strategies nothing else. `envvar` sets NVIDIA_VISIBLE_DEVICES and
+    NVIDIA_IMEX_CHANNELS; `volume-mounts` then points NVIDIA_VISIBLE_DEVICES at the mount root and
+    mounts /dev/null per device and per channel; PASS_DEVICE_SPECS adds the device nodes and the
+    channels' nodes. `imex_channels`: the configured channels found at start
+    (core.imex.select_imex_channels). `existing_control_nodes`: the CONTROL_NODES present on
+    the node (checked once by the caller); None means all of them.
     """
     ids = device_ids(devices, config.device_id_strategy)
     strategies = set(config.device_list_strategy)
     annotations: dict[str, str] = {}
     cdi_devices: tuple[str, ...] = ()
-    qualified = [f"{CDI_DEVICE_KIND}={i}" for i in ids]
-    if "cdi-annotations" in strategies and qualified:
-        key = cdi_annotation_key(response_id or str(uuidlib.uuid4()), config.cdi_annotation_prefix)
-        annotations[key] = ",".join(qualified)
-    if "cdi-cri" in strategies:
-        cdi_devices = tuple(qualified)
+    if strategies & CDI_STRATEGIES:
+        qualified = [f"{CDI_DEVICE_KIND}={i}" for i in ids]
+        qualified += [f"{CDI_VENDOR}/imex-channel={c.id}" for c in imex_channels]
+        qualified += [
+            f"{CDI_VENDOR}/{mode}=all" for mode in enabled_feature_modes(config) if mode in cdi_modes
+        ]
+        if "cdi-annotations" in strategies and qualified:
+            key = cdi_annotation_key(response_id or str(uuidlib.uuid4()), config.cdi_annotation_prefix)
+            annotations[key] = ",".join(qualified)
+        if "cdi-cri" in strategies:
+            cdi_devices = tuple(qualified)
+    envs = {FEATURE_ENVS[mode]: "enabled" for mode in enabled_feature_modes(config)}
     if strategies <= CDI_STRATEGIES:
-        return ContainerAllocation(annotations=annotations, cdi_devices=cdi_devices)
+        return ContainerAllocation(envs=envs, annotations=annotations, cdi_devices=cdi_devices)
 
-    envs: dict[str, str] = {}
     mounts: tuple[Mount, ...] = ()
     if "envvar" in strategies:
         envs[VISIBLE_DEVICES_ENV] = ",".join(ids)
+        if imex_channels:
+            envs[IMEX_CHANNELS_ENV] = ",".join(c.id for c in imex_channels)
     if "volume-mounts" in strategies:
         envs[VISIBLE_DEVICES_ENV] = VOLUME_MOUNTS_ROOT
-        mounts = tuple(
-            Mount(container_path=posixpath.join(VOLUME_MOUNTS_ROOT, i), host_path=VOLUME_MOUNTS_HOST_PATH)
-            for i in ids
-        )
+        paths = [posixpath.join(VOLUME_MOUNTS_ROOT, i) for i in ids]
+        paths += [posixpath.join(VOLUME_MOUNTS_ROOT, "imex", c.id) for c in imex_channels]
+        mounts = tuple(Mount(container_path=p, host_path=VOLUME_MOUNTS_HOST_PATH) for p in paths)
     specs: tuple[DeviceSpec, ...] = ()
     if config.pass_device_specs:
         specs = device_specs(devices, config.device_root, existing_control_nodes)
+        specs += tuple(
+            DeviceSpec(container_path=c.path, host_path=host_path(config.device_root, c.path))
+            for c in imex_channels
+        )
     return ContainerAllocation(
         envs=envs, mounts=mounts, devices=specs, annotations=annotations, cdi_devices=cdi_devices
     )
+
+
+def enabled_feature_modes(config: Config) -> tuple[str, ...]:
+    """The optional container features switched on, in NVIDIA's order (its CDI modes)."""
+    enabled = {"gdrcopy": config.gdrcopy_enabled, "gds": config.gds_enabled, "mofed": config.mofed_enabled}
+    return tuple(mode for mode, on in enabled.items() if on)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,15 @@
 """Node labels compatible with NVIDIA's gpu-feature-discovery (GFD), computed from the inventory.
 
-Pure: the caller passes every fact that needs I/O (DMI product name, PCI class, MIG capability,
-the time). The rules follow GFD v0.20 (internal/lm in NVIDIA/k8s-device-plugin):
+Pure: the caller passes every fact that needs I/O (DMI product name, PCI classes, MIG
+capability, fabric, vGPU, the time) in NodeFacts. The rules follow GFD v0.20 (internal/lm in
+NVIDIA/k8s-device-plugin); docs/labels.md lists every key with its rule:
 
 - per resource R: R.product, R.count, R.replicas, R.sharing-strategy, and R.memory; full GPUs
   also R.family and R.compute.{major,minor}; MIG devices R.multiprocessors, R.slices.{gi,ci} and
   R.engines.{copy,decoder,encoder,jpeg,ofa};
 - node-wide: driver and CUDA versions (old and new keys), mig.capable, mps.capable, gpu.mode,
-  mig.strategy (single and mixed only), gpu.machine, gpu.present and gfd.timestamp.
+  mig.strategy (single and mixed only), gpu.machine, gpu.clique, gpu.present, vgpu.present
+  (with the vGPU host driver's version and branch on a vGPU guest) and gfd.timestamp.
 
 Values are always valid Kubernetes label values: one bad value would make the API server refuse
 the whole patch, so anything that cannot be made valid is left out and reported.
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from nvplugin.core.config import Config
+from nvplugin.core.gpufacts import FabricInfo, Vgpu
 from nvplugin.core.inventory import Gpu, Inventory
 from nvplugin.core.resources import GPU_RESOURCE, Resource
 
@@ -31,6 +34,10 @@ PREFIX = "nvidia.com/"
 TIMESTAMP_LABEL = "nvidia.com/gfd.timestamp"
 MACHINE_LABEL = "nvidia.com/gpu.machine"
 PRESENT_LABEL = "nvidia.com/gpu.present"
+CLIQUE_LABEL = "nvidia.com/gpu.clique"
+VGPU_PRESENT_LABEL = "nvidia.com/vgpu.present"
+VGPU_HOST_DRIVER_VERSION_LABEL = "nvidia.com/vgpu.host-driver-version"
+VGPU_HOST_DRIVER_BRANCH_LABEL = "nvidia.com/vgpu.host-driver-branch"
 # Set by users (or the GPU operator) to pick a named config; never ours to write.
 CONFIG_LABEL = "nvidia.com/device-plugin.config"
 
@@ -40,7 +47,7 @@ SHARED_SUFFIX = ".shared"
 MACHINE_UNKNOWN = "unknown"
 
 # PCI class codes (sysfs `class`) that GFD maps to gpu.mode.
-PCI_CLASS_MODES = {"0x030000": "graphics", "0x030200": "compute"}
+PCI_CLASS_MODES = {0x030000: "graphics", 0x030200: "compute"}
 
 MIG_ENGINES = ("copy", "decoder", "encoder", "jpeg", "ofa")
 
@@ -80,6 +87,10 @@ NODE_KEYS = (
     "nvidia.com/mps.capable",
     "nvidia.com/gpu.mode",
     "nvidia.com/mig.strategy",
+    CLIQUE_LABEL,
+    VGPU_PRESENT_LABEL,
+    VGPU_HOST_DRIVER_VERSION_LABEL,
+    VGPU_HOST_DRIVER_BRANCH_LABEL,
 )
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9\-_. ]")
@@ -99,10 +110,13 @@ class NodeFacts:
     timestamp: int | None = None
     # Whether any GPU supports MIG (nvmlDeviceGetMigMode is supported).
     mig_capable: bool = False
-    # PCI class of each GPU in inventory order ("0x030200"); GFD uses the first one.
-    pci_classes: tuple[str, ...] = ()
-    # UUIDs of GPUs in MIG mode: GFD labels them with sharing disabled (replicas 0).
-    mig_enabled: frozenset[str] = field(default_factory=frozenset)
+    # PCI class code of each GPU in inventory order (0x030200); None where it could not be read.
+    pci_classes: tuple[int | None, ...] = ()
+    # The fabric registration of each GPU that has a fabric (NotSupported ones left out); None
+    # when a GPU's could not be read (then no clique label).
+    fabrics: tuple[FabricInfo, ...] | None = ()
+    # Whether the node is a vGPU guest, and its host driver; None: unknown (no vgpu labels).
+    vgpu: Vgpu | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,23 +197,62 @@ def product_name(parts: Iterable[str], shared: bool) -> str:
     return "-".join(pieces)
 
 
+_FAMILIES = {
+    1: "tesla",
+    2: "fermi",
+    3: "kepler",
+    5: "maxwell",
+    6: "pascal",
+    9: "hopper",
+    # Blackwell has two compute capabilities: 10.x (data centre) and 12.x.
+    10: "blackwell",
+    12: "blackwell",
+    13: "rubin",
+}
+
+
 def arch_family(major: int, minor: int) -> str:
-    """GPU family by CUDA compute capability, as GFD names it."""
+    """GPU family by CUDA compute capability, as GFD v0.20 names it (getArchFamily)."""
     if major == 7:
         return "volta" if minor < 5 else "turing"
     if major == 8:
         return "ampere" if minor < 9 else "ada-lovelace"
-    return {1: "tesla", 2: "fermi", 3: "kepler", 5: "maxwell", 6: "pascal", 9: "hopper"}.get(
-        major, "blackwell" if major in (10, 12) else "undefined"
-    )
+    return _FAMILIES.get(major, "undefined")
 
 
-def gpu_mode(pci_classes: Sequence[str]) -> str:
-    """compute, graphics or unknown, from the first GPU's PCI class (GFD stops at the first
-    class that differs, so the first one decides)."""
-    if not pci_classes:
+def gpu_mode(pci_classes: Sequence[int | None]) -> str:
+    """GFD's rule: compute or graphics when every GPU has that PCI class; unknown for mixed
+    classes, another class, no GPUs, or a class that could not be read."""
+    classes = set(pci_classes)
+    if len(classes) != 1 or None in classes:
         return "unknown"
-    return PCI_CLASS_MODES.get(pci_classes[0].strip().lower(), "unknown")
+    (only,) = classes
+    assert only is not None
+    return PCI_CLASS_MODES.get(only, "unknown")
+
+
+def clique_label(fabrics: Sequence[FabricInfo] | None) -> Labels:
+    """GFD's IMEX labeler: `<cluster UUID>.<clique id>` when every GPU attached to a fabric
+    (registration completed and succeeded, in a cluster) names the same cluster and the same
+    clique; nothing when none is attached, when they disagree, or when one was unreadable."""
+    attached = [f for f in fabrics or () if f.attached]
+    clusters = {f.cluster_uuid for f in attached}
+    cliques = {f.clique_id for f in attached}
+    if len(clusters) != 1 or len(cliques) != 1:
+        return {}
+    return {CLIQUE_LABEL: f"{clusters.pop()}.{cliques.pop()}"}
+
+
+def vgpu_labels(vgpu: Vgpu | None) -> Labels:
+    """GFD's vGPU labeler: vgpu.present, and on a vGPU guest the host driver's version and
+    branch when its capability names them. Unknown (GFD's PCI scan failed): no labels."""
+    if vgpu is None:
+        return {}
+    labels = {VGPU_PRESENT_LABEL: _bool(vgpu.present)}
+    if vgpu.present and vgpu.host_driver is not None:
+        labels[VGPU_HOST_DRIVER_VERSION_LABEL] = vgpu.host_driver.version
+        labels[VGPU_HOST_DRIVER_BRANCH_LABEL] = vgpu.host_driver.branch
+    return labels
 
 
 def is_valid_label_value(value: str) -> bool:
@@ -266,12 +319,12 @@ def _base_labels(resource: str, count: int, product_parts: Sequence[str], sharin
     return labels
 
 
-def full_gpu_labels(gpus: Sequence[Gpu], sharing: Sharing, resource: str = GPU_RESOURCE) -> Labels:
-    """Labels for full GPUs of one model (GFD labels one model per node; see node_labels)."""
-    if not gpus:
+def full_gpu_labels(gpu: Gpu, count: int, sharing: Sharing, resource: str = GPU_RESOURCE) -> Labels:
+    """Labels for the `count` GPUs of `gpu`'s model (GFD labels one model per node; see
+    node_labels)."""
+    if count == 0:
         return {}
-    gpu = gpus[0]
-    labels = _base_labels(resource, len(gpus), (gpu.name,), sharing)
+    labels = _base_labels(resource, count, (gpu.name,), sharing)
     if gpu.memory_mib:
         labels[f"{resource}.memory"] = str(gpu.memory_mib)
     major, minor = gpu.compute_capability
@@ -346,13 +399,18 @@ def mig_strategy_labels(
 
 def invalid_single_strategy_labels(parent_model: str) -> Labels:
     """What GFD writes when mig-strategy=single cannot be honoured (mixed MIG and full GPUs,
-    an empty MIG GPU, several profiles): product <model>-MIG-INVALID and zero counts."""
-    return {
-        f"{GPU_RESOURCE}.product": product_name((parent_model, "MIG", "INVALID"), shared=False),
+    an empty MIG GPU, several profiles): product <model>-MIG-INVALID, zero counts and an
+    empty sharing strategy."""
+    labels = {
         f"{GPU_RESOURCE}.count": "0",
         f"{GPU_RESOURCE}.replicas": "0",
+        f"{GPU_RESOURCE}.sharing-strategy": "",
         f"{GPU_RESOURCE}.memory": "0",
     }
+    product = product_name((parent_model, "MIG", "INVALID"), shared=False)
+    if product:
+        labels[f"{GPU_RESOURCE}.product"] = product
+    return labels
 
 
 def machine_label(machine: str) -> str:
@@ -383,13 +441,14 @@ def sharing_for(
 ) -> Sharing:
     """How resource `name` (its unrenamed name) is shared: from the advertised resource when
     there is one (its replica IDs and rename are what the kubelet sees), else from the config's
-    sharing.timeSlicing entry for it, as GFD reads it (where the Config has that section)."""
+    sharing entry for it (sharing.mps, else sharing.timeSlicing), as GFD reads it."""
     for resource in resources:
         if base_resource_name(resource) == name:
             return sharing_of(resource, strategy)
-    time_slicing = getattr(getattr(config, "sharing", None), "time_slicing", None)
-    if time_slicing is not None:
-        wanted = time_slicing.for_resource(name)
+    sharing = getattr(config, "sharing", None)
+    replicated = getattr(sharing, "active", None) or getattr(sharing, "time_slicing", None)
+    if replicated is not None:
+        wanted = replicated.for_resource(name)
         if wanted is not None and wanted.replicas > 1:
             return Sharing(
                 replicas=int(wanted.replicas), strategy=strategy, renamed=wanted.rename is not None
@@ -397,13 +456,12 @@ def sharing_for(
     return NOT_SHARED
 
 
-def _majority_model(gpus: Sequence[Gpu]) -> list[Gpu]:
-    """The GPUs of the most common model (ties: the model of the lowest index). GFD writes one
-    set of nvidia.com/gpu labels; with several models its choice is random, ours is stable."""
+def _majority_model(gpus: Sequence[Gpu]) -> Gpu:
+    """The first GPU of the most common model (ties: the model of the lowest index). GFD writes
+    one set of nvidia.com/gpu labels; with several models its choice is random, ours is stable."""
     counts = Counter(g.name for g in gpus)
     best = max(counts.values())
-    model = next(g.name for g in gpus if counts[g.name] == best)
-    return [g for g in gpus if g.name == model]
+    return next(g for g in gpus if counts[g.name] == best)
 
 
 def node_labels(
@@ -413,48 +471,56 @@ def node_labels(
     facts: NodeFacts,
     sharing_strategy: str | None = None,
 ) -> Labels:
-    """Every label this node should carry. No GPUs: no labels (a timestamp at most), so a node
-    whose GPUs are gone loses them. Full-GPU labels first, then MIG labels over them (GFD's
-    order). `sharing_strategy`: time-slicing or mps for shared resources (default: the config's,
-    else time-slicing)."""
+    """Every label this node should carry. No GPUs: what GFD writes then (no_gpu_labels), so a
+    node whose GPUs are gone loses the GPU labels. Full-GPU labels first, then MIG labels over
+    them (GFD's order). `sharing_strategy`: time-slicing or mps for shared resources (default:
+    the config's, else time-slicing)."""
+    if not inventory.gpus:
+        return no_gpu_labels(facts)
     labels: Labels = {}
     strategy = sharing_strategy or _config_sharing_strategy(config)
-    if inventory.gpus:
-        mig_enabled = facts.mig_enabled | {g.uuid for g in inventory.gpus if _mig_enabled(g)}
-        full = [g for g in inventory.gpus if g.uuid not in mig_enabled]
-        mig_mode = [g for g in inventory.gpus if g.uuid in mig_enabled]
-        # MIG-enabled GPUs first so full GPUs override them, as GFD does.
-        if mig_mode:
-            labels.update(full_gpu_labels(_majority_model(mig_mode), SHARING_DISABLED))
-        if full:
-            labels.update(
-                full_gpu_labels(_majority_model(full), sharing_for(GPU_RESOURCE, resources, config, strategy))
-            )
-        mig_gpus = [(g.name, tuple(getattr(g, "mig_devices", ()))) for g in mig_mode]
-        labels.update(
-            mig_strategy_labels(
-                config.mig_strategy,
-                mig_gpus,
-                bool(full),
-                lambda name: sharing_for(name, resources, config, strategy),
-            )
+    full = [g for g in inventory.gpus if not g.mig_enabled]
+    mig_mode = [g for g in inventory.gpus if g.mig_enabled]
+    # GFD counts every GPU of a model, MIG-enabled or not, in <model>'s gpu.count.
+    per_model = Counter(g.name for g in inventory.gpus)
+    # MIG-enabled GPUs first so full GPUs override them, as GFD does.
+    if mig_mode:
+        model = _majority_model(mig_mode)
+        labels.update(full_gpu_labels(model, per_model[model.name], SHARING_DISABLED))
+    if full:
+        model = _majority_model(full)
+        sharing = sharing_for(GPU_RESOURCE, resources, config, strategy)
+        labels.update(full_gpu_labels(model, per_model[model.name], sharing))
+    mig_gpus = [(g.name, g.mig_devices) for g in mig_mode]
+    labels.update(
+        mig_strategy_labels(
+            config.mig_strategy,
+            mig_gpus,
+            bool(full),
+            lambda name: sharing_for(name, resources, config, strategy),
         )
-        labels.update(version_labels(inventory.driver_version, inventory.cuda_version))
-        labels["nvidia.com/mig.capable"] = _bool(facts.mig_capable or bool(mig_mode))
-        labels["nvidia.com/mps.capable"] = _bool(strategy == "mps" and not mig_mode)
-        labels["nvidia.com/gpu.mode"] = gpu_mode(facts.pci_classes)
-        if config.mig_strategy in ("single", "mixed"):
-            labels["nvidia.com/mig.strategy"] = config.mig_strategy
-        labels[MACHINE_LABEL] = machine_label(facts.machine)
-        labels[PRESENT_LABEL] = "true"
-    if facts.timestamp is not None:
-        labels[TIMESTAMP_LABEL] = str(facts.timestamp)
+    )
+    labels.update(version_labels(inventory.driver_version, inventory.cuda_version))
+    labels["nvidia.com/mig.capable"] = _bool(facts.mig_capable or bool(mig_mode))
+    labels["nvidia.com/mps.capable"] = _bool(strategy == "mps" and not mig_mode)
+    labels["nvidia.com/gpu.mode"] = gpu_mode(facts.pci_classes)
+    if config.mig_strategy in ("single", "mixed"):
+        labels["nvidia.com/mig.strategy"] = config.mig_strategy
+    labels[MACHINE_LABEL] = machine_label(facts.machine)
+    labels.update(clique_label(facts.fabrics))
+    labels[PRESENT_LABEL] = "true"
+    labels.update(no_gpu_labels(facts))
     return labels
 
 
-def _mig_enabled(gpu: Gpu) -> bool:
-    # Gpu.mig_enabled arrives with the MIG work; before it, NodeFacts.mig_enabled says.
-    return bool(getattr(gpu, "mig_enabled", False))
+def no_gpu_labels(facts: NodeFacts) -> Labels:
+    """What GFD writes on a node without GPUs (its device labeler is empty then): the vGPU
+    labels (vgpu.present=false where the PCI scan found no vGPU) and the timestamp. Every GPU
+    node carries these too."""
+    labels = vgpu_labels(facts.vgpu)
+    if facts.timestamp is not None:
+        labels[TIMESTAMP_LABEL] = str(facts.timestamp)
+    return labels
 
 
 def _config_sharing_strategy(config: Config) -> str:
@@ -483,23 +549,61 @@ def feature_file(labels: Mapping[str, str]) -> str:
     return "".join(f"{k}={v}\n" for k, v in sorted(labels.items()))
 
 
+def keep_nothing(key: str) -> bool:
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredLabels:
+    """What the node should carry: `labels` are set; every other owned key is deleted, except
+    the keys `keep` accepts, which stay as the node has them (neither deleted nor changed)."""
+
+    labels: Mapping[str, str] = field(default_factory=dict)
+    keep: Callable[[str], bool] = keep_nothing
+
+
+def desired_when_nvml_failed() -> DesiredLabels:
+    """NVML could not be read (init or discovery failed): the GPUs are unknown, not gone. Every
+    owned label stays as the node has it until NVML answers again, above all
+    nvidia.com/gpu.present, which DaemonSets (this agent's too) select nodes by: deleting it on
+    a transient failure would evict them. Only the timestamp may still be written."""
+    return DesiredLabels(labels={}, keep=is_owned_key)
+
+
+def desired_labels(
+    inventory: Inventory | None,
+    resources: Sequence[Resource],
+    config: Config,
+    facts: NodeFacts,
+    sharing_strategy: str | None = None,
+) -> DesiredLabels:
+    """What to reconcile the node to. `inventory` None (nvmlInit or discovery failed), or one
+    where NVML saw GPUs but could read none of them: desired_when_nvml_failed(). Otherwise
+    node_labels, a node without GPUs included."""
+    if inventory is None or (not inventory.gpus and inventory.problems):
+        return desired_when_nvml_failed()
+    return DesiredLabels(node_labels(inventory, resources, config, facts, sharing_strategy))
+
+
 def label_diff(
     desired: Mapping[str, str],
     actual: Mapping[str, str],
     *,
     timestamp: str | None = None,
     owned: Callable[[str], bool] = is_owned_key,
+    keep: Callable[[str], bool] = keep_nothing,
 ) -> dict[str, str | None]:
     """The JSON merge patch of metadata.labels that makes `actual` carry `desired`: changed or
-    missing keys with their value, owned keys no longer desired with None (delete). Keys not
-    owned are never deleted. The timestamp is not compared: it is written (as `timestamp`) only
-    when something else changes or when it is missing, so a steady node sees no writes; with
-    `timestamp` None an existing timestamp label is removed."""
+    missing keys with their value, owned keys no longer desired with None (delete). Keys `keep`
+    accepts (DesiredLabels.keep: their true value is unknown now) are neither changed nor
+    deleted; keys not owned are never deleted. The timestamp is not compared: it is written (as
+    `timestamp`) only when something else changes or when it is missing, so a steady node sees
+    no writes; with `timestamp` None an existing timestamp label is removed."""
     changes: dict[str, str | None] = {
-        k: v for k, v in desired.items() if k != TIMESTAMP_LABEL and actual.get(k) != v
+        k: v for k, v in desired.items() if k != TIMESTAMP_LABEL and actual.get(k) != v and not keep(k)
     }
     for key in actual:
-        if key not in desired and key != TIMESTAMP_LABEL and owned(key):
+        if key not in desired and key != TIMESTAMP_LABEL and owned(key) and not keep(key):
             changes[key] = None
     if timestamp is None:
         if TIMESTAMP_LABEL in actual:

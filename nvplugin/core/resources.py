@@ -10,13 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from nvplugin.core.config import Config, ConfigError
+from nvplugin.core.config import Config, ConfigError, ReplicatedResources, SharingStrategy
 from nvplugin.core.inventory import Gpu, Inventory, MigDevice
 from nvplugin.core.mig import resource_suffix
 
 GPU_RESOURCE = "nvidia.com/gpu"
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
+# What one resource may advertise: ListAndWatch sends every device in one message, which the
+# kubelet reads with gRPC's 4 MiB default limit (about 80 bytes per device).
+MAX_DEVICES_PER_RESOURCE = 32_768
+# Clients one MPS server takes (NVIDIA's mps-control-daemon: compute capability 7.5 and newer
+# 48, older 16).
+MPS_MAX_CLIENTS = 48
+MPS_MAX_CLIENTS_OLDER = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,19 +50,16 @@ class Resource:
     # Derived lookup table; not part of identity or repr.
     _by_id: Mapping[str, AdvertisedDevice] = field(init=False, repr=False, compare=False)
 
-    # Time-slicing: how many times each device is advertised (1: not shared), whether a
-    # request for more than one replica is refused, and the name before renameByDefault.
+    # Sharing: how many times each device is advertised (1: not shared), whether a request for
+    # more than one replica is refused, the name before renameByDefault, and how the replicas
+    # share the device (NVIDIA's sharing-strategy label value).
     replicas: int = 1
     fail_requests_greater_than_one: bool = False
     renamed_from: str | None = None
+    sharing_strategy: SharingStrategy = SharingStrategy.NONE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_id", {d.id: d for d in self.devices})
-
-    @property
-    def sharing_strategy(self) -> str:
-        """NVIDIA's label value: "time-slicing" for replicated resources, else "none"."""
-        return "time-slicing" if self.replicas > 1 else "none"
 
     @property
     def short_name(self) -> str:
@@ -104,7 +108,9 @@ def plan_resources(inventory: Inventory, config: Config) -> ResourcePlan:
     - mixed: MIG-disabled GPUs are `nvidia.com/gpu`; MIG devices are
       `nvidia.com/mig-<profile>` (`+` becomes `.`); a MIG-enabled GPU without MIG devices is
       left out with a warning.
-    Time-slicing then advertises each device of a shared resource as `<id>::<n>`.
+    Sharing (time-slicing or MPS) then advertises each device of a shared resource as
+    `<id>::<n>`. MPS is refused where NVIDIA refuses it: with MIG devices, and with more replicas
+    than an MPS server takes clients.
     """
     warnings: list[str] = []
     if config.mig_strategy == "none":
@@ -113,7 +119,7 @@ def plan_resources(inventory: Inventory, config: Config) -> ResourcePlan:
         base = _single(inventory.gpus)
     else:
         base = _mixed(inventory.gpus, warnings)
-    resources = _apply_time_slicing(base, config, warnings)
+    resources = _apply_sharing(base, config, inventory, warnings)
     return ResourcePlan(resources=resources, warnings=tuple(warnings))
 
 
@@ -206,14 +212,18 @@ def _mixed(gpus: Sequence[Gpu], warnings: list[str]) -> dict[str, list[Advertise
     return base
 
 
-def _apply_time_slicing(
-    base: Mapping[str, list[AdvertisedDevice]], config: Config, warnings: list[str]
+def _apply_sharing(
+    base: Mapping[str, list[AdvertisedDevice]], config: Config, inventory: Inventory, warnings: list[str]
 ) -> tuple[Resource, ...]:
-    sharing = config.sharing.time_slicing
+    strategy = config.sharing.strategy
+    sharing = config.sharing.active
+    section = "sharing.mps" if config.sharing.mps is not None else "sharing.timeSlicing"
+    if strategy is SharingStrategy.MPS:
+        _check_mps(base, sharing, inventory)
     for wanted in sharing.resources:
         if not base.get(wanted.name):
             warnings.append(
-                f"sharing.timeSlicing: resource {wanted.name} has no devices on this node "
+                f"{section}: resource {wanted.name} has no devices on this node "
                 f"(advertised: {', '.join(n for n in base if base[n]) or 'none'}); nothing to share"
             )
     resources: list[Resource] = []
@@ -222,6 +232,12 @@ def _apply_time_slicing(
         if shared is None or not devices:
             resources.append(Resource(name, tuple(devices)))
             continue
+        if len(devices) * shared.replicas > MAX_DEVICES_PER_RESOURCE:
+            raise ConfigError(
+                f"{section}: {name}: {len(devices)} devices x {shared.replicas} replicas would advertise "
+                f"{len(devices) * shared.replicas} devices; at most {MAX_DEVICES_PER_RESOURCE} fit in one "
+                "kubelet message: lower replicas"
+            )
         replicas = tuple(
             replace(device, id=f"{device.id}::{n}", replica=n)
             for device in devices
@@ -234,13 +250,44 @@ def _apply_time_slicing(
                 replicas=shared.replicas,
                 fail_requests_greater_than_one=sharing.fail_requests_greater_than_one,
                 renamed_from=name if shared.advertised_name != name else None,
+                sharing_strategy=strategy,
             )
         )
     names = [r.name for r in resources]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise ConfigError(
-            f"sharing.timeSlicing: resource name {', '.join(clashes)} would be advertised twice; "
+            f"{section}: resource name {', '.join(clashes)} would be advertised twice; "
             "rename one of the shared resources"
         )
     return tuple(resources)
+
+
+def _check_mps(
+    base: Mapping[str, list[AdvertisedDevice]], sharing: ReplicatedResources, inventory: Inventory
+) -> None:
+    """NVIDIA's refusals for MPS: any MIG device (its plugin fails for every resource then), and
+    more replicas than the MPS server takes clients on a GPU."""
+    for name, devices in base.items():
+        mig = [d for d in devices if d.uuid != d.gpu_uuid]
+        if mig:
+            raise MigConfigurationError(
+                f"sharing.mps: MPS sharing is not supported for MIG devices, and {name} has MIG device "
+                f"{mig[0].index} ({mig[0].uuid}); NVIDIA refuses this too: use mig-strategy none or "
+                "sharing.timeSlicing"
+            )
+    for name, devices in base.items():
+        shared = sharing.for_resource(name)
+        if shared is None:
+            continue
+        for gpu_uuid in dict.fromkeys(d.gpu_uuid for d in devices):
+            gpu = inventory.gpu_by_uuid(gpu_uuid)
+            if gpu is None:
+                continue
+            limit = MPS_MAX_CLIENTS if gpu.compute_capability >= (7, 5) else MPS_MAX_CLIENTS_OLDER
+            if shared.replicas > limit:
+                raise ConfigError(
+                    f"sharing.mps: {name}: {shared.replicas} replicas exceed the {limit} clients an MPS "
+                    f"server takes on GPU {gpu.index} ({gpu.uuid}, compute capability "
+                    f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}); NVIDIA refuses this too"
+                )

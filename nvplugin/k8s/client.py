@@ -5,33 +5,56 @@ disabled it is never loaded, and with labels enabled it is loaded only when the 
 reconciler (after the kubelet registration). Responses are read as plain JSON (no model
 objects): the agent only needs labels, the resourceVersion and the uid, and deserialising whole
 Node objects on every watch event would cost far more than the work itself.
+
+Every request has a deadline of its own (an anyio cancel scope): a hung API server turns into
+an ApiError with `timed_out` set, which the callers retry (nvplugin.k8s.retry); a watch must
+start answering within the same deadline, then may stay open until its timeoutSeconds.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
+
+import anyio
 
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 # Where the in-cluster service account lives (the downward API gives NODE_NAME).
 SERVICE_HOST_ENV = "KUBERNETES_SERVICE_HOST"
+# A watch event is one JSON line; etcd refuses objects over 1.5 MiB, so a longer line is garbage.
+MAX_WATCH_LINE = 16 * 1024 * 1024
 
 
 class ApiError(Exception):
-    """A failed API call. status 0: no HTTP answer (connection refused, reset, timed out)."""
+    """A failed API call. status 0: no HTTP answer (connection refused, reset, timed out:
+    `timed_out`, closed mid-answer)."""
 
-    def __init__(self, call: str, status: int, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        call: str,
+        status: int,
+        message: str,
+        retry_after: float | None = None,
+        *,
+        timed_out: bool = False,
+    ) -> None:
         super().__init__(f"{call}: {status or 'no answer'}: {message}")
         self.call = call
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.timed_out = timed_out
+
+
+def _no_answer(call: str, exc: Exception, deadline: float) -> ApiError:
+    if isinstance(exc, TimeoutError):
+        return ApiError(call, 0, f"no answer within {deadline:g} s (TimeoutError)", timed_out=True)
+    return ApiError(call, 0, f"{type(exc).__name__}: {exc}")
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -50,9 +73,30 @@ async def _error(call: str, response: Any) -> ApiError:
         message = json.loads(body).get("message", body.decode(errors="replace"))
     except Exception:  # an unreadable error body still gives the status
         message = response.reason or ""
-    finally:
-        response.release()
     return ApiError(call, response.status, message, _retry_after(response.headers))
+
+
+async def _lines(call: str, content: Any) -> AsyncIterator[bytes]:
+    """The stream's lines, without the newline, until it ends (aiohttp's readline() refuses
+    lines over 128 KiB, and a Node can be larger than that)."""
+    pending = bytearray()
+    while True:
+        try:
+            chunk = await content.readany()
+        except Exception as exc:  # aiohttp.ClientPayloadError (cut mid-stream), the read timeout
+            raise ApiError(
+                call, 0, f"watch stream broke: {type(exc).__name__}", timed_out=isinstance(exc, TimeoutError)
+            ) from None
+        if not chunk:
+            return  # the server ended the stream
+        start = len(pending)
+        pending += chunk
+        while (end := pending.find(b"\n", start)) >= 0:
+            yield bytes(pending[:end])
+            del pending[: end + 1]
+            start = 0
+        if len(pending) > MAX_WATCH_LINE:
+            raise ApiError(call, 0, f"a watch event longer than {MAX_WATCH_LINE} bytes")
 
 
 class NodeApi:
@@ -61,8 +105,8 @@ class NodeApi:
     def __init__(self, api_client: Any, own_client: bool = True, request_timeout: float = 30.0) -> None:
         from kubernetes_asyncio import client
 
-        # Every request but a watch is abandoned after this long (a hung API server must not
-        # stall the labels forever).
+        # Every request is abandoned after this long without its answer (a watch: without the
+        # start of its answer): a hung API server must not stall the labels forever.
         self.request_timeout = request_timeout
         self._api_client = api_client
         self._core = client.CoreV1Api(api_client)
@@ -100,74 +144,89 @@ class NodeApi:
         if self._own_client:
             await self._api_client.close()
 
-    async def _call(self, call: str, method: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one request; return the open response (2xx) or raise ApiError."""
+    async def _json(self, call: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run one request within the request timeout; the decoded 2xx answer, or ApiError."""
         self.requests += 1
         try:
-            response = await method(*args, _preload_content=False, **kwargs)
-        except asyncio.CancelledError:
+            with anyio.fail_after(self.request_timeout):
+                response = await method(*args, _preload_content=False, **kwargs)
+                try:
+                    if not 200 <= response.status <= 299:
+                        raise await _error(call, response)
+                    body = await response.read()
+                finally:
+                    response.release()
+        except ApiError:
             raise
         except Exception as exc:  # aiohttp.ClientError, OSError, TimeoutError
-            raise ApiError(call, 0, f"{type(exc).__name__}: {exc}") from None
-        if not 200 <= response.status <= 299:
-            raise await _error(call, response)
-        return response
-
-    async def _json(self, call: str, method: Any, *args: Any, **kwargs: Any) -> Any:
-        response = await self._call(call, method, *args, **kwargs)
+            raise _no_answer(call, exc, self.request_timeout) from None
         try:
-            return json.loads(await response.read())
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+            return json.loads(body)
+        except ValueError as exc:
             raise ApiError(call, 0, f"unreadable answer: {exc}") from None
-        finally:
-            response.release()
 
     async def list_node(self, name: str) -> tuple[dict[str, Any] | None, str]:
         """The Node (None when it does not exist) and the list's resourceVersion."""
-        body = await self._json(
-            "list node",
-            self._core.list_node,
-            field_selector=f"metadata.name={name}",
-            _request_timeout=self.request_timeout,
-        )
+        body = await self._json("list node", self._core.list_node, field_selector=f"metadata.name={name}")
         items = body.get("items") or []
         return (items[0] if items else None), str(body.get("metadata", {}).get("resourceVersion", ""))
+
+    async def get_runtime_class(self, name: str) -> dict[str, Any] | None:
+        """The RuntimeClass (node.k8s.io/v1), None when it does not exist."""
+        from kubernetes_asyncio import client
+
+        try:
+            result: dict[str, Any] = await self._json(
+                "get runtimeclass",
+                client.NodeV1Api(self._api_client).read_runtime_class,
+                name,
+                _request_timeout=self.request_timeout,
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
 
     async def watch_node(
         self, name: str, resource_version: str, timeout_seconds: int, read_timeout: float
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Watch events for one Node from `resource_version`, BOOKMARKs included. An ERROR
-        event is raised as ApiError with its code (410 when the version is too old)."""
-        response = await self._call(
-            "watch node",
-            self._core.list_node,
-            field_selector=f"metadata.name={name}",
-            watch=True,
-            resource_version=resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=timeout_seconds,
-            # connect timeout, and a read timeout that catches a dead connection
-            _request_timeout=(10.0, read_timeout),
-        )
+        event is raised as ApiError with its code (410 when the version is too old). The
+        answer must start within the request timeout; then a silence of `read_timeout`
+        seconds is a dead connection."""
+        call = "watch node"
+        self.requests += 1
         try:
-            while True:
-                try:
-                    line = await response.content.readline()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    raise ApiError("watch node", 0, f"watch stream broke: {type(exc).__name__}") from None
-                if not line:
-                    return  # the server ended the watch (timeoutSeconds): resume from the last version
+            with anyio.fail_after(self.request_timeout):
+                response: Any = await self._core.list_node(
+                    field_selector=f"metadata.name={name}",
+                    watch=True,
+                    resource_version=resource_version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=timeout_seconds,
+                    _preload_content=False,
+                    # (connect, read): the read timeout catches a connection that went silent
+                    _request_timeout=(self.request_timeout, read_timeout),
+                )
+                if not 200 <= response.status <= 299:
+                    try:
+                        raise await _error(call, response)
+                    finally:
+                        response.release()
+        except ApiError:
+            raise
+        except Exception as exc:
+            raise _no_answer(call, exc, self.request_timeout) from None
+        try:
+            async for line in _lines(call, response.content):
                 try:
                     event = json.loads(line)
                 except ValueError:
-                    raise ApiError("watch node", 0, f"malformed watch event {line[:200]!r}") from None
+                    raise ApiError(call, 0, f"malformed watch event {line[:200]!r}") from None
                 if event.get("type") == "ERROR":
                     status = event.get("object") or {}
-                    raise ApiError("watch node", int(status.get("code") or 0), str(status.get("message")))
+                    raise ApiError(call, int(status.get("code") or 0), str(status.get("message")))
                 yield event
         finally:
             response.release()
@@ -181,7 +240,6 @@ class NodeApi:
             name,
             {"metadata": {"labels": dict(changes)}},
             _content_type=MERGE_PATCH,
-            _request_timeout=self.request_timeout,
         )
         return result
 
@@ -191,7 +249,6 @@ class NodeApi:
             self._core.create_namespaced_event,
             namespace,
             dict(event),
-            _request_timeout=self.request_timeout,
         )
         return result
 
@@ -203,6 +260,5 @@ class NodeApi:
             namespace,
             dict(patch),
             _content_type=MERGE_PATCH,
-            _request_timeout=self.request_timeout,
         )
         return result

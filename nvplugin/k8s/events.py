@@ -5,12 +5,14 @@
 XID, reason and direction) within `aggregate_window` update one Event's count instead of
 creating new objects, and a token bucket bounds the API traffic (burst, then one per
 `refill_seconds`); what the bucket refuses is counted and logged, never queued without bound.
+An API server that is unreachable, busy (429) or failing (5xx) keeps the event queued and is
+retried on a jittered exponential backoff (nvplugin.k8s.retry); any other refusal drops it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import random
 import time
 import uuid as uuidlib
 from collections import deque
@@ -18,7 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from nvplugin.k8s.client import ApiError, NodeApi
+from nvplugin.k8s.flag import Flag
+from nvplugin.k8s.retry import Backoff, Retrier, RetryPolicy
+from nvplugin.observability import NULL_METRICS, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,15 @@ class HealthEvent:
         return f"GPU {self.uuid} is {state}{xid}: {self.reason}"
 
 
+# Events are not urgent: a slower start than the labels' backoff.
+EVENT_RETRY = RetryPolicy(backoff=Backoff(base=1.0, cap=30.0))
+
+
+def _retryable(exc: Exception) -> bool:
+    """The API is unreachable, busy or failing: the event is kept and sent later."""
+    return isinstance(exc, ApiError) and (exc.status in (0, 429) or exc.status >= 500)
+
+
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
@@ -63,10 +79,13 @@ class NodeEventPublisher:
         refill_seconds: float = 10.0,
         aggregate_window: float = 600.0,
         max_queue: int = 100,
-        retry: tuple[float, float] = (1.0, 30.0),
+        metrics: Metrics = NULL_METRICS,
+        retry: RetryPolicy = EVENT_RETRY,
         clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
     ) -> None:
-        self._retry_base, self._retry_cap = retry
+        self._metrics = metrics
+        self._retry = Retrier(retry, rng or random.Random(), metrics)
         self.node_name = node_name
         self._api = api
         self._node_uid = node_uid
@@ -79,12 +98,10 @@ class NodeEventPublisher:
         self._last_refill = clock()
         self._queue: deque[HealthEvent] = deque()
         self._max_queue = max_queue
-        self._wake = asyncio.Event()
+        self._wake = Flag()
         # event key -> (Event name, count, time first sent)
         self._sent: dict[tuple[str, int | None, str, bool], tuple[str, int, float]] = {}
         self.created = 0
-        # Metrics hook: an Event was created or updated.
-        self.on_write: Callable[[], None] | None = None
         self.aggregated = 0
         self.dropped = 0
         self.failed = 0
@@ -110,7 +127,6 @@ class NodeEventPublisher:
 
     async def run(self) -> None:
         """Send queued events until cancelled. Never raises anything else."""
-        retry_delay = self._retry_base
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -127,18 +143,16 @@ class NodeEventPublisher:
                     continue
                 try:
                     await self._send(event)
-                except asyncio.CancelledError:
-                    raise
                 except Exception as exc:
-                    if isinstance(exc, ApiError) and (exc.status in (0, 429) or exc.status >= 500):
-                        # the API is unreachable or busy: keep the event and try again later
-                        wait = max(retry_delay, exc.retry_after or 0.0)
-                        log.warning("node events: API unavailable (%s); retrying in %.1f s", exc, wait)
-                        await asyncio.sleep(wait)
-                        retry_delay = min(self._retry_cap, retry_delay * 2)
+                    call = exc.call if isinstance(exc, ApiError) else "create event"
+                    if _retryable(exc):
+                        delay = self._retry.failed(call, exc)
+                        log.warning("node events: API unavailable (%s); retrying in %.1f s", exc, delay)
+                        await anyio.sleep(delay)
                         continue
                     self._queue.popleft()
                     self.failed += 1
+                    self._metrics.api_error(call.replace(" ", "_"))
                     log.warning(
                         "node events: could not record %r on node %s: %s",
                         event.message(),
@@ -148,14 +162,13 @@ class NodeEventPublisher:
                     continue
                 self._queue.popleft()
                 self._spend_token()
-                retry_delay = self._retry_base
 
     async def _get_api(self) -> NodeApi:
         api = self._api()
         if isinstance(api, Awaitable):
             api = await api
         if api is None:
-            raise ApiError("event", 0, "the Kubernetes client is not connected yet")
+            raise ApiError("create event", 0, "the Kubernetes client is not connected yet")
         return api
 
     async def _send(self, event: HealthEvent) -> None:
@@ -172,8 +185,7 @@ class NodeEventPublisher:
                 )
                 self._sent[event.key] = (name, count + 1, first)
                 self.aggregated += 1
-                if self.on_write is not None:
-                    self.on_write()
+                self._metrics.event_write()
                 return
             except ApiError as exc:
                 if exc.status != 404:
@@ -183,8 +195,7 @@ class NodeEventPublisher:
         await api.create_event(self.namespace, self._body(name, event, now))
         self._sent[event.key] = (name, 1, now)
         self.created += 1
-        if self.on_write is not None:
-            self.on_write()
+        self._metrics.event_write()
 
     def _body(self, name: str, event: HealthEvent, now: float) -> dict[str, Any]:
         involved: dict[str, Any] = {"kind": "Node", "apiVersion": "v1", "name": self.node_name}

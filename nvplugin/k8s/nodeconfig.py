@@ -134,10 +134,15 @@ class NodeConfigSwitcher:
         """The config for start-up (raises ConfigSelectionError: the agent should stop there,
         as it does for any bad config)."""
         name = self._choose(label_value)
+        self.started_with(name, label_value)
+        return name, self.path(name)
+
+    def started_with(self, name: str | None, label_value: str = "") -> None:
+        """The agent already runs config `name` (None: the empty config), chosen once by the
+        wiring with `initial()` for `label_value`: label changes are compared with that."""
         self.current = name
         self._started = True
         self._last_value = label_value
-        return name, self.path(name)
 
     def observe(self, labels: Mapping[str, str]) -> None:
         """Called with the Node's labels on every change; never raises."""

@@ -3,16 +3,17 @@
 One watch (fieldSelector metadata.name=<node>) feeds the last seen labels; a writer compares
 them with the desired labels and sends one JSON merge patch of the changed keys (None deletes
 an owned key nobody wants any more). In steady state nothing is written: watch events that
-change nothing (kubelet heartbeats, other controllers) only cost a dict comparison.
+change nothing (kubelet heartbeats, other controllers) only cost a dict comparison. Keys the
+agent cannot currently know (NVML is down) can be marked `keep`: left as the Node has them.
 
-Failures never reach the caller: every API error is logged and retried with jittered
-exponential backoff; a 429 waits at least its Retry-After; a 410 on the watch relists and
-resumes. `run()` returns only when cancelled.
+Failures never reach the caller: every API error is logged and retried on the watch's or the
+writer's own backoff (nvplugin.k8s.retry: jittered, exponential, capped, Retry-After honoured,
+a repeated 410 backs off too); a watch the server ends long before its timeout counts as a
+failure, so no fault of the server turns into a hot loop. `run()` returns only when cancelled.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
@@ -21,8 +22,13 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nvplugin.core.labels import is_owned_key, label_diff, valid_only
+import anyio
+
+from nvplugin.core.labels import is_owned_key, keep_nothing, label_diff, valid_only
 from nvplugin.k8s.client import ApiError, NodeApi
+from nvplugin.k8s.flag import Flag
+from nvplugin.k8s.retry import DEFAULT_RETRY, NOT_APPLIED, WATCH_ENDED, Retrier, RetryPolicy
+from nvplugin.observability import NULL_METRICS, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +47,6 @@ class ReconcilerStats:
     last_error: str | None = None
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with equal jitter: attempt n waits uniform(d/2, d), d = base*2^n
-    capped at `cap`."""
-
-    base: float = 0.5
-    cap: float = 30.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        d = min(self.cap, self.base * (2 ** min(attempt, 30)))
-        return rng.uniform(d / 2, d)
-
-
 def _rv_number(rv: str) -> int | None:
     return int(rv) if rv.isdigit() else None
 
@@ -67,11 +60,13 @@ class NodeLabelReconciler:
         desired: Mapping[str, str] | None = None,
         *,
         kubeconfig: str | None = None,
+        request_timeout: float = 30.0,
         connect: Callable[[], Awaitable[NodeApi]] | None = None,
         timestamp: bool = True,
         owned: Callable[[str], bool] = is_owned_key,
         on_node_labels: NodeLabelsCallback | None = None,
-        backoff: Backoff = Backoff(),
+        metrics: Metrics = NULL_METRICS,
+        retry: RetryPolicy = DEFAULT_RETRY,
         watch_timeout: tuple[int, int] = (240, 360),
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -82,20 +77,24 @@ class NodeLabelReconciler:
                 "or pass --node-name"
             )
         self.node_name = node_name
-        self._connect = connect or (lambda: NodeApi.connect(kubeconfig))
+        self._connect = connect or (lambda: NodeApi.connect(kubeconfig, request_timeout=request_timeout))
         self._timestamp = timestamp
         self._owned = owned
         self._on_node_labels = on_node_labels
-        self._backoff = backoff
+        self._metrics = metrics
         self._watch_timeout = watch_timeout
         self._clock = clock
         self._rng = rng or random.Random()
+        self._watch_retry = Retrier(retry, self._rng, metrics)
+        self._patch_retry = Retrier(retry, self._rng, metrics)
         self._desired: dict[str, str] = {}
+        self._keep: Callable[[str], bool] = keep_nothing
         # Nothing is written before the agent has said what it wants: an empty start must not
         # wipe the labels a previous run left (they stay until the first set_desired).
         self._desired_known = False
-        self._dirty = asyncio.Event()
-        self._synced = asyncio.Event()
+        self._dirty = Flag()
+        self._synced = Flag()
+        self._connected = Flag()
         # The connection, published once the Node has been read (the Event publisher and the
         # writer need its uid and labels, not just a client).
         self.api: NodeApi | None = None
@@ -105,18 +104,20 @@ class NodeLabelReconciler:
         self.actual: dict[str, str] | None = None
         self._actual_rv: int | None = None
         self._last_notified: dict[str, str] | None = None
+        self._resume_rv: str | None = None
         self.stats = ReconcilerStats()
-        # Metrics hooks: a successful patch of the Node; a failed API call (what failed).
-        self.on_write: Callable[[], None] | None = None
-        self.on_api_error: Callable[[str], None] | None = None
         self._last_logged_error: str | None = None
         if desired is not None:
             self.set_desired(desired)
 
     # --- the agent's side
 
-    def set_desired(self, labels: Mapping[str, str]) -> None:
-        """New desired labels (timestamp excluded: the reconciler writes it). Never blocks."""
+    def set_desired(self, labels: Mapping[str, str], keep: Callable[[str], bool] = keep_nothing) -> None:
+        """New desired labels (timestamp excluded: the reconciler writes it). Never blocks.
+
+        `keep`: accepts the keys whose true value is unknown right now (NVML failed): they are
+        left as the Node has them - neither changed nor deleted, whatever `labels` says of them -
+        until a later call no longer keeps them (core.labels.DesiredLabels)."""
         good, bad = valid_only(labels)
         if bad:
             log.error(
@@ -124,8 +125,9 @@ class NodeLabelReconciler:
                 "characters of A-Z a-z 0-9 - _ . and start and end alphanumeric): %s",
                 ", ".join(bad),
             )
-        if good != self._desired or not self._desired_known:
+        if good != self._desired or keep is not self._keep or not self._desired_known:
             self._desired = good
+            self._keep = keep
             self._desired_known = True
             self._synced.clear()
             self._dirty.set()
@@ -142,17 +144,21 @@ class NodeLabelReconciler:
         """Until the Node is known to carry the desired labels (for tests and start-up logs)."""
         await self._synced.wait()
 
+    async def connected(self) -> NodeApi:
+        """The connection, once the Node has been read (the Event publisher waits here)."""
+        await self._connected.wait()
+        assert self.api is not None
+        return self.api
+
     async def run(self) -> None:
         """Reconcile until cancelled. Never raises anything else."""
-        writer = asyncio.create_task(self._writer(), name=f"labels-writer:{self.node_name}")
         try:
-            await self._watch_forever()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._writer, name=f"labels-writer:{self.node_name}")
+                await self._watch_forever()
         finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
             if self._client is not None:
-                with contextlib.suppress(Exception):
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                     await self._client.close()
 
     # --- internals
@@ -163,25 +169,17 @@ class NodeLabelReconciler:
         if not self._desired_known:
             return {}
         stamp = str(int(self._clock())) if self._timestamp else None
-        return label_diff(self._desired, actual, timestamp=stamp, owned=self._owned)
+        return label_diff(self._desired, actual, timestamp=stamp, owned=self._owned, keep=self._keep)
 
-    def _log_error(self, what: str, exc: BaseException, delay: float) -> None:
+    def _log_error(self, what: str, exc: BaseException | str, delay: float) -> None:
         text = f"{what}: {exc}"
         self.stats.errors += 1
-        if self.on_api_error is not None:
-            self.on_api_error(what)
+        if isinstance(exc, ApiError) and exc.status == 429:
+            self.stats.throttled += 1
         self.stats.last_error = text
         level = logging.WARNING if text != self._last_logged_error else logging.DEBUG
         self._last_logged_error = text
         log.log(level, "node %s: %s; retrying in %.1f s", self.node_name, text, delay)
-
-    def _delay(self, exc: BaseException, attempt: int) -> float:
-        if isinstance(exc, ApiError) and exc.status == 429:
-            self.stats.throttled += 1
-            wait = exc.retry_after if exc.retry_after is not None else self._backoff.delay(attempt, self._rng)
-            # at least Retry-After, plus a little jitter so many nodes do not return together
-            return wait + self._rng.uniform(0, min(1.0, 0.1 * wait + 0.05))
-        return self._backoff.delay(attempt, self._rng)
 
     async def _api(self) -> NodeApi:
         if self._client is None:
@@ -211,41 +209,37 @@ class NodeLabelReconciler:
             self._synced.set()
 
     async def _watch_forever(self) -> None:
-        attempt = 0
         # Where the watch resumes; None: list first (start, or the version was compacted away).
-        self._resume_rv: str | None = None
+        self._resume_rv = None
+        retry = self._watch_retry
         while True:
             try:
                 api = await self._api()
                 if self._resume_rv is None:
                     self._resume_rv = await self._relist(api)
-                began = time.monotonic()
-                await self._watch_once(api)
-                if time.monotonic() - began >= 1.0:
-                    attempt = 0
-                    continue  # the server ended the watch: resume from the last version seen
-                # A watch that ends at once (a proxy, a broken server) must not become a hot loop.
-                delay = self._backoff.delay(attempt, self._rng)
-                log.debug("node %s: watch ended at once; re-watching in %.1f s", self.node_name, delay)
-            except asyncio.CancelledError:
-                raise
+                if await self._watch_once(api):
+                    continue  # the server ended the watch at its timeout: resume from the last version
+                # A watch that ends long before its timeout (a proxy, a broken server) is retried
+                # on the backoff, or it would become a hot loop.
+                delay = retry.failed("watch node", WATCH_ENDED)
+                log.debug("node %s: watch ended early; re-watching in %.1f s", self.node_name, delay)
             except ApiError as exc:
                 if exc.status == 410:
-                    # our resourceVersion was compacted away: relist now, no backoff
+                    # our resourceVersion was compacted away: relist (at once the first time)
                     self.stats.relists_410 += 1
                     self._resume_rv = None
-                    log.info("node %s: watch expired (410), relisting", self.node_name)
-                    continue
-                delay = self._delay(exc, attempt)
-                self._log_error("watching the node", exc, delay)
+                    delay = retry.failed(exc.call, exc, first_at_once=True)
+                    log.info("node %s: watch expired (410), relisting in %.1f s", self.node_name, delay)
+                else:
+                    delay = retry.failed(exc.call, exc)
+                    self._log_error("watching the node", exc, delay)
             except Exception as exc:
-                delay = self._backoff.delay(attempt, self._rng)
+                delay = retry.failed("watch node", exc)
                 log.exception("node %s: unexpected error in the label watch", self.node_name)
                 self.stats.errors += 1
                 self.stats.last_error = repr(exc)
                 self._resume_rv = None
-            attempt += 1
-            await asyncio.sleep(delay)
+            await anyio.sleep(delay)
 
     async def _relist(self, api: NodeApi) -> str:
         self.stats.lists += 1
@@ -255,14 +249,17 @@ class NodeLabelReconciler:
         self._actual_rv = None  # a fresh list is authoritative
         self._observe(node)
         self.api = api
+        self._connected.set()
         return str((node.get("metadata") or {}).get("resourceVersion") or list_rv)
 
-    async def _watch_once(self, api: NodeApi) -> None:
-        """One watch request from the resume version, until the server ends it."""
+    async def _watch_once(self, api: NodeApi) -> bool:
+        """One watch request from the resume version, until the server ends it. True when it
+        lasted at least half its timeout (a normal end), False when it ended early."""
         assert self._resume_rv is not None
         self.stats.watches += 1
         low, high = self._watch_timeout
         timeout = self._rng.randint(low, high)
+        began = anyio.current_time()
         events = api.watch_node(self.node_name, self._resume_rv, timeout, read_timeout=timeout + 30.0)
         async with contextlib.aclosing(events):
             async for event in events:
@@ -279,9 +276,10 @@ class NodeLabelReconciler:
                     self._actual_rv = None
                     continue
                 self._observe(obj)
+        return anyio.current_time() - began >= timeout / 2
 
     async def _writer(self) -> None:
-        attempt = 0
+        retry = self._patch_retry
         while True:
             await self._dirty.wait()
             self._dirty.clear()
@@ -294,28 +292,31 @@ class NodeLabelReconciler:
             try:
                 self.stats.patches += 1
                 node = await self.api.patch_node_labels(self.node_name, changes)
-                if self.on_write is not None:
-                    self.on_write()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 self.stats.failed_patches += 1
-                delay = self._delay(exc, attempt)
-                if isinstance(exc, ApiError) and exc.status == 409:
-                    delay = self._rng.uniform(0, 0.1)  # a conflict is retried at once with fresh labels
+                delay = retry.failed("patch node", exc)
                 self._log_error("patching labels", exc, delay)
-                attempt += 1
-                await asyncio.sleep(delay)
+                await anyio.sleep(delay)
                 self._dirty.set()
                 continue
-            attempt = 0
+            self._metrics.label_write()
+            labels = (node.get("metadata") or {}).get("labels") or {}
+            lost = sorted(k for k, v in changes.items() if labels.get(k) != v)
+            self._observe(node)
+            if lost:
+                # Accepted but not carried (an admission webhook rewrote it?): patching again at
+                # once would be a hot loop against the API server.
+                delay = retry.failed("patch node", NOT_APPLIED)
+                self._log_error("patching labels", f"accepted but not applied: {', '.join(lost)}", delay)
+                await anyio.sleep(delay)
+                self._dirty.set()
+                continue
             log.info(
                 "node %s: labels applied (%d set, %d removed)",
                 self.node_name,
                 sum(v is not None for v in changes.values()),
                 sum(v is None for v in changes.values()),
             )
-            self._observe(node)
 
 
 async def run_reconciler(
@@ -327,11 +328,8 @@ async def run_reconciler(
     whenever the inventory, health or config changes). Returns only when cancelled or when
     `desired` ends."""
     reconciler = NodeLabelReconciler(node_name, **options)
-    task = asyncio.create_task(reconciler.run(), name=f"labels:{node_name}")
-    try:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reconciler.run, name=f"labels:{node_name}")
         async for labels in desired:
             reconciler.set_desired(labels)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        tg.cancel_scope.cancel()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from nvplugin.core.gpufacts import FabricInfo, VgpuDevice
     from nvplugin.core.inventory import MigDevice
 
 
@@ -80,11 +81,30 @@ class Nvml(Protocol):
 
     # --- MIG. Read-only: nvplugin never changes a GPU's MIG mode or its instances.
 
-    # False where the GPU does not support MIG.
+    # The current MIG mode (nvmlDeviceGetMigMode). Raises NvmlNotSupported where the GPU or
+    # driver does not support MIG: that is how "MIG-capable" is told (GFD's mig.capable).
     def device_mig_enabled(self, index: int) -> bool: ...
 
     # Every MIG device of a MIG-enabled GPU, in NVML's MIG index order.
     def device_mig_devices(self, index: int) -> tuple[MigDevice, ...]: ...
+
+    # --- facts for the node labels (read per discovery; see nvplugin/nodefacts.py)
+
+    # The GPU's PCI class code from sysfs (0x030200 3D controller, 0x030000 VGA controller).
+    # Raises NvmlError when it cannot be read.
+    def device_pci_class(self, index: int) -> int: ...
+
+    # The GPU's NVLink fabric registration (nvmlDeviceGetGpuFabricInfo). Raises
+    # NvmlNotSupported where the GPU or driver has no fabric.
+    def device_fabric_info(self, index: int) -> FabricInfo: ...
+
+    # nvmlDeviceGetVirtualizationMode: a core.gpufacts.VIRTUALIZATION_* value.
+    def device_virtualization_mode(self, index: int) -> int: ...
+
+    # Every vGPU on the node's PCI bus (GFD's scan of NVIDIA devices' vendor capability in
+    # sysfs; needs no nvmlInit). Raises NvmlNotSupported when config space cannot be read in
+    # full (the kernel shows 64 of its 256 bytes without CAP_SYS_ADMIN), NvmlError otherwise.
+    def vgpu_devices(self) -> tuple[VgpuDevice, ...]: ...
 
     # --- topology (read once at discovery; see nvml/topology.py)
 

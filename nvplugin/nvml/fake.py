@@ -19,12 +19,33 @@ A layout is a dict (from YAML or JSON):
       - {numaNode: 1, name: NVIDIA A100-SXM4-40GB, memoryMiB: 40960, computeCapability: "8.0"}
       - {migDevices: [3g.40gb, 2g.20gb, 1g.10gb, 1g.10gb]}   # MIG enabled, these instances
       - {migEnabled: true, migDevices: []}                   # MIG enabled, nothing configured
+      - {migCapable: false}           # nvmlDeviceGetMigMode is NotSupported (no MIG at all)
+      - {pciClass: "0x030000"}        # VGA controller (graphics mode); default 0x030200
     faults:
       library: missing                # or init-error
       devices:
         "1": {device_uuid: gpu-lost}  # NVML call name -> error kind
+      node:
+        vgpu_devices: not-supported   # the PCI scan for vGPUs fails (as without CAP_SYS_ADMIN)
 
 Error kinds: not-supported, gpu-lost, timeout, unknown.
+
+Facts for the node labels (docs/labels.md), per GPU or in the `gpu` template:
+
+    migCapable: true                  # default: compute capability 8.0, 9.x or 10.x
+    pciClass: "0x030200"              # sysfs class code: 0x030200 compute, 0x030000 graphics
+    fabric:                           # nvmlDeviceGetGpuFabricInfo; absent: NotSupported
+      clusterUuid: 0b1f0a54-7a2c-4d8e-9c7e-3f2a1b0c9d8e
+      cliqueId: 32766
+      state: completed                # not-supported, not-started, in-progress, completed
+      status: 0                       # NVML return code of the registration (0: success)
+    virtualizationMode: none          # passthrough, vgpu, host-vgpu, host-vsga
+    vgpuHostDriver:                   # a vGPU guest (implies virtualizationMode: vgpu): the
+      version: 550.90.05              # host driver its vGPU capability names (10 characters
+      branch: r550_00                 # at most each)
+
+A GPU with `virtualizationMode: vgpu` is a vGPU in the PCI scan (`vgpu_devices`); without
+`vgpuHostDriver` its capability has no host driver record.
 
 An optional `topology` section describes how the GPUs are wired (see docs/topology.md;
 nvplugin/nvml/layouts/ has complete examples):
@@ -47,6 +68,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 import threading
 import uuid as uuidlib
 from collections import deque
@@ -55,6 +77,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from nvplugin.core.gpufacts import (
+    FABRIC_STATE_COMPLETED,
+    FABRIC_STATE_IN_PROGRESS,
+    FABRIC_STATE_NOT_STARTED,
+    FABRIC_STATE_NOT_SUPPORTED,
+    VIRTUALIZATION_MODES,
+    VIRTUALIZATION_NONE,
+    VIRTUALIZATION_VGPU,
+    FabricInfo,
+    VgpuDevice,
+    VgpuHostDriver,
+)
 from nvplugin.core.inventory import MigDevice
 from nvplugin.core.mig import (
     H100_COMPUTE_SLICES,
@@ -77,6 +111,7 @@ from nvplugin.nvml.base import (
     NvmlLibraryNotFound,
     NvmlNotSupported,
     NvmlTimeout,
+    normalize_bus_id,
 )
 
 H100_NAME = "NVIDIA H100 80GB HBM3"
@@ -102,8 +137,22 @@ DEVICE_CALLS = (
     "device_mig_devices",
     "device_nvlink_remotes",
     "device_topology_common_ancestor",
+    "device_pci_class",
+    "device_fabric_info",
+    "device_virtualization_mode",
 )
+# Calls about the node rather than one GPU (faults: node:).
+NODE_CALLS = ("vgpu_devices",)
 LIBRARY_FAULTS = ("missing", "init-error")
+PCI_CLASS_3D_CONTROLLER = 0x030200
+FABRIC_STATES = {
+    "not-supported": FABRIC_STATE_NOT_SUPPORTED,
+    "not-started": FABRIC_STATE_NOT_STARTED,
+    "in-progress": FABRIC_STATE_IN_PROGRESS,
+    "completed": FABRIC_STATE_COMPLETED,
+}
+# What the vGPU capability's host driver fields hold (NUL-padded).
+VGPU_DRIVER_FIELD_MAX = 10
 
 
 class LayoutError(ValueError):
@@ -123,6 +172,20 @@ class FakeGpu:
     # Profile names of the configured MIG devices; the devices themselves are derived.
     mig_profiles: tuple[str, ...] = ()
     mig_devices: tuple[MigDevice, ...] = ()
+    # None: from the compute capability (see default_mig_capable).
+    mig_capable: bool | None = None
+    pci_class: int = PCI_CLASS_3D_CONTROLLER
+    # None: the GPU has no fabric (nvmlDeviceGetGpuFabricInfo is not supported).
+    fabric: FabricInfo | None = None
+    virtualization_mode: int = VIRTUALIZATION_NONE
+    # Set on a vGPU guest whose vGPU capability names the host driver.
+    vgpu_host_driver: VgpuHostDriver | None = None
+
+
+def default_mig_capable(compute_capability: tuple[int, int]) -> bool:
+    """Data-centre GPUs from the A100 on support MIG: compute capability 8.0, 9.x, 10.x.
+    (8.6 and 8.9 parts such as the A10 and L40S do not; layouts say so for exceptions.)"""
+    return compute_capability == (8, 0) or compute_capability[0] in (9, 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +198,8 @@ class FakeLayout:
     device_faults: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
     # How the GPUs are wired; None: no NVLink, PCIe from NUMA nodes alone.
     topology: FakeTopology | None = None
+    # node-wide call name (NODE_CALLS) -> error kind
+    node_faults: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, count: int, seed: str = "nvplugin", **template: Any) -> FakeLayout:
@@ -196,6 +261,12 @@ def _complete(layout: FakeLayout, seed: str) -> FakeLayout:
             uuid=gpu.uuid or _uuid(seed, i),
             pci_bus_id=gpu.pci_bus_id or f"00000000:{0x18 + 0x10 * i:02X}:00.0",
             minor=gpu.minor if gpu.minor >= 0 else i,
+            mig_capable=gpu.mig_enabled
+            or (
+                gpu.mig_capable
+                if gpu.mig_capable is not None
+                else default_mig_capable(gpu.compute_capability)
+            ),
         )
         gpus.append(replace(done, mig_devices=_mig_devices(seed, i, done) if done.mig_enabled else ()))
     return replace(layout, gpus=tuple(gpus))
@@ -227,6 +298,11 @@ _GPU_KEYS = (
     "minor",
     "migEnabled",
     "migDevices",
+    "migCapable",
+    "pciClass",
+    "fabric",
+    "virtualizationMode",
+    "vgpuHostDriver",
 )
 
 
@@ -304,7 +380,105 @@ def _parse_gpu(where: str, data: object, base: FakeGpu) -> FakeGpu:
             data.get("migEnabled"),
         )
         gpu = replace(gpu, mig_enabled=data.get("migEnabled", True), mig_profiles=profiles)
+    if "migCapable" in data:
+        v = data["migCapable"]
+        _expect(isinstance(v, bool), f"{where}.migCapable", "true or false", v)
+        _expect(
+            v or not gpu.mig_enabled,
+            f"{where}.migCapable",
+            "true (or no migCapable) for a MIG-enabled GPU",
+            v,
+        )
+        gpu = replace(gpu, mig_capable=v)
+    if "pciClass" in data:
+        gpu = replace(gpu, pci_class=_parse_pci_class(f"{where}.pciClass", data["pciClass"]))
+    if "fabric" in data:
+        gpu = replace(gpu, fabric=_parse_fabric(f"{where}.fabric", data["fabric"]))
+    if "virtualizationMode" in data:
+        v = data["virtualizationMode"]
+        _expect(
+            v in VIRTUALIZATION_MODES,
+            f"{where}.virtualizationMode",
+            f"one of {', '.join(VIRTUALIZATION_MODES)}",
+            v,
+        )
+        gpu = replace(gpu, virtualization_mode=VIRTUALIZATION_MODES[v])
+    if "vgpuHostDriver" in data:
+        driver = _parse_vgpu_host_driver(f"{where}.vgpuHostDriver", data["vgpuHostDriver"])
+        _expect(
+            data.get("virtualizationMode", "vgpu") == "vgpu",
+            f"{where}.virtualizationMode",
+            "vgpu (or no virtualizationMode) beside vgpuHostDriver",
+            data.get("virtualizationMode"),
+        )
+        gpu = replace(gpu, vgpu_host_driver=driver, virtualization_mode=VIRTUALIZATION_VGPU)
     return gpu
+
+
+def _parse_pci_class(where: str, data: object) -> int:
+    """An integer (YAML reads 0x030200 as one) or a hex string such as "0x030200"."""
+    if isinstance(data, str):
+        text = data.strip().lower().removeprefix("0x")
+        _expect(
+            bool(text) and all(c in string.hexdigits for c in text),
+            where,
+            'a class code such as "0x030200"',
+            data,
+        )
+        return int(text, 16)
+    _expect(
+        isinstance(data, int) and not isinstance(data, bool) and 0 <= data <= 0xFFFFFF,
+        where,
+        'a class code such as "0x030200"',
+        data,
+    )
+    assert isinstance(data, int)
+    return data
+
+
+def _parse_fabric(where: str, data: object) -> FabricInfo:
+    _expect(isinstance(data, dict), where, "a mapping with clusterUuid, cliqueId, state and status", data)
+    assert isinstance(data, dict)
+    _check_keys(where, data, ("clusterUuid", "cliqueId", "state", "status"))
+    raw_uuid = data.get("clusterUuid")
+    try:
+        cluster = str(uuidlib.UUID(str(raw_uuid)))
+    except ValueError:
+        raise LayoutError(f"{where}.clusterUuid: expected a UUID, got {raw_uuid!r}") from None
+    clique = data.get("cliqueId", 0)
+    _expect(
+        isinstance(clique, int) and not isinstance(clique, bool) and 0 <= clique < 2**32,
+        f"{where}.cliqueId",
+        "an integer from 0 to 4294967295",
+        clique,
+    )
+    state = data.get("state", "completed")
+    _expect(state in FABRIC_STATES, f"{where}.state", f"one of {', '.join(FABRIC_STATES)}", state)
+    status = data.get("status", 0)
+    _expect(
+        isinstance(status, int) and not isinstance(status, bool) and status >= 0,
+        f"{where}.status",
+        "an NVML return code (0: success)",
+        status,
+    )
+    return FabricInfo(cluster_uuid=cluster, clique_id=clique, state=FABRIC_STATES[state], status=status)
+
+
+def _parse_vgpu_host_driver(where: str, data: object) -> VgpuHostDriver:
+    _expect(isinstance(data, dict), where, "a mapping with version and branch", data)
+    assert isinstance(data, dict)
+    _check_keys(where, data, ("version", "branch"))
+    fields_ = {}
+    for key in ("version", "branch"):
+        v = data.get(key)
+        _expect(
+            isinstance(v, str) and 0 < len(v) <= VGPU_DRIVER_FIELD_MAX and v.isascii(),
+            f"{where}.{key}",
+            f"ASCII text of 1 to {VGPU_DRIVER_FIELD_MAX} characters (e.g. 550.90.05, r550_00)",
+            v,
+        )
+        fields_[key] = str(v)
+    return VgpuHostDriver(version=fields_["version"], branch=fields_["branch"])
 
 
 def _parse_mig_profiles(where: str, data: object) -> tuple[str, ...]:
@@ -375,7 +549,9 @@ def parse_layout(data: object, source: str = "layout") -> FakeLayout:
         cuda,
     )
     seed = str(data.get("seed", "nvplugin"))
-    library_fault, device_faults = _parse_faults(f"{source}: faults", data.get("faults", {}), len(gpus))
+    library_fault, device_faults, node_faults = _parse_faults(
+        f"{source}: faults", data.get("faults", {}), len(gpus)
+    )
     topology = (
         _parse_topology(f"{source}: topology", data["topology"], len(gpus)) if "topology" in data else None
     )
@@ -386,14 +562,17 @@ def parse_layout(data: object, source: str = "layout") -> FakeLayout:
         library_fault=library_fault,
         device_faults=device_faults,
         topology=topology,
+        node_faults=node_faults,
     )
     return _complete(layout, seed)
 
 
-def _parse_faults(where: str, data: object, count: int) -> tuple[str | None, dict[int, dict[str, str]]]:
+def _parse_faults(
+    where: str, data: object, count: int
+) -> tuple[str | None, dict[int, dict[str, str]], dict[str, str]]:
     _expect(isinstance(data, dict), where, "a mapping", data)
     assert isinstance(data, dict)
-    _check_keys(where, data, ("library", "devices"))
+    _check_keys(where, data, ("library", "devices", "node"))
     library = data.get("library")
     _expect(
         library is None or library in LIBRARY_FAULTS, f"{where}.library", " or ".join(LIBRARY_FAULTS), library
@@ -421,7 +600,12 @@ def _parse_faults(where: str, data: object, count: int) -> tuple[str | None, dic
                 kind in ERROR_KINDS, f"{where}.devices.{key}.{call}", f"one of {', '.join(ERROR_KINDS)}", kind
             )
         devices[int(key)] = dict(calls)
-    return library, devices
+    node = data.get("node", {})
+    _expect(isinstance(node, dict), f"{where}.node", "a mapping of node-wide call to error kind", node)
+    for call, kind in node.items():
+        _expect(call in NODE_CALLS, f"{where}.node", f"calls among {', '.join(NODE_CALLS)}", call)
+        _expect(kind in ERROR_KINDS, f"{where}.node.{call}", f"one of {', '.join(ERROR_KINDS)}", kind)
+    return library, devices, dict(node)
 
 
 def load_layout(spec: str) -> FakeLayout:
@@ -547,10 +731,42 @@ class FakeNvml:
         return self._device("device_numa_node", index).numa_node
 
     def device_mig_enabled(self, index: int) -> bool:
-        return self._device("device_mig_enabled", index).mig_enabled
+        gpu = self._device("device_mig_enabled", index)
+        if not gpu.mig_capable:
+            raise NvmlNotSupported(
+                "nvmlDeviceGetMigMode", f"GPU {index} ({gpu.name}) does not support MIG", 3
+            )
+        return gpu.mig_enabled
 
     def device_mig_devices(self, index: int) -> tuple[MigDevice, ...]:
         return self._device("device_mig_devices", index).mig_devices
+
+    # --- facts for the node labels
+
+    def device_pci_class(self, index: int) -> int:
+        return self._device("device_pci_class", index).pci_class
+
+    def device_fabric_info(self, index: int) -> FabricInfo:
+        gpu = self._device("device_fabric_info", index)
+        if gpu.fabric is None:
+            raise NvmlNotSupported("nvmlDeviceGetGpuFabricInfo", f"GPU {index} has no GPU fabric", 3)
+        return gpu.fabric
+
+    def device_virtualization_mode(self, index: int) -> int:
+        return self._device("device_virtualization_mode", index).virtualization_mode
+
+    def vgpu_devices(self) -> tuple[VgpuDevice, ...]:
+        # A sysfs scan on a real node: it needs no nvmlInit.
+        with self._lock:
+            self.calls += 1
+            kind = self._layout.node_faults.get("vgpu_devices")
+        if kind is not None:
+            raise ERROR_KINDS[kind]("scan PCI devices for vGPUs", f"injected fault ({kind})")
+        return tuple(
+            VgpuDevice(address=normalize_bus_id(gpu.pci_bus_id), host_driver=gpu.vgpu_host_driver)
+            for gpu in self._layout.gpus
+            if gpu.virtualization_mode == VIRTUALIZATION_VGPU
+        )
 
     # --- topology
 

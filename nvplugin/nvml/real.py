@@ -10,11 +10,13 @@ import contextlib
 import ctypes
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nvplugin.core.gpufacts import FabricInfo, VgpuDevice
 from nvplugin.core.inventory import MigDevice
 from nvplugin.core.mig import cap_node, memory_size_gb, parse_mig_minors, profile_name
 from nvplugin.nvml.base import (
@@ -32,6 +34,7 @@ from nvplugin.nvml.base import (
     NvmlNotSupported,
     NvmlTimeout,
 )
+from nvplugin.nvml.pci import device_dir, read_pci_class, scan_vgpus
 
 T = TypeVar("T")
 
@@ -46,12 +49,8 @@ _LIBRARY_DIRS = (
     "lib",
 )
 _LIBRARY = "libnvidia-ml.so.1"
-
-
-def _sysfs_bus_id(pci_bus_id: str) -> str:
-    """NVML's '00000000:00:06.0' -> sysfs's '0000:00:06.0'."""
-    domain, _, rest = pci_bus_id.partition(":")
-    return f"{domain[-4:]}:{rest}".lower()
+# NVML_ERROR_FUNCTION_NOT_FOUND: the loaded driver lacks the symbol.
+_FUNCTION_NOT_FOUND = 13
 
 
 class RealNvml:
@@ -157,14 +156,57 @@ class RealNvml:
 
     def device_numa_node(self, index: int) -> int | None:
         # sysfs is the kernel's word and works where nvmlDeviceGetNumaNodeId is NotSupported.
-        bus_id = _sysfs_bus_id(self.device_pci_bus_id(index))
-        path = os.path.join(self._sysfs_root, "bus/pci/devices", bus_id, "numa_node")
+        path = os.path.join(device_dir(self._sysfs_root, self.device_pci_bus_id(index)), "numa_node")
         try:
             with open(path) as f:
                 node = int(f.read().strip())
         except (OSError, ValueError):
             return None
         return node if node >= 0 else None
+
+    # --- facts for the node labels
+
+    def device_pci_class(self, index: int) -> int:
+        return read_pci_class(self._sysfs_root, self.device_pci_bus_id(index))
+
+    def device_fabric_info(self, index: int) -> FabricInfo:
+        """GFD's order: the v1 call where the driver has it, else the versioned one."""
+        p = self._pynvml
+        h = self._handle(index)
+        for call, struct_name in (
+            ("nvmlDeviceGetGpuFabricInfo", "c_nvmlGpuFabricInfo_t"),
+            ("nvmlDeviceGetGpuFabricInfoV", "c_nvmlGpuFabricInfoV_t"),
+        ):
+            query, struct = getattr(p, call, None), getattr(p, struct_name, None)
+            if query is None or struct is None:
+                continue  # an nvidia-ml-py release without it
+            info = struct()
+            try:
+                self._call(call, partial(query, h, ctypes.byref(info)))
+            except NvmlNotSupported as exc:
+                if exc.code == _FUNCTION_NOT_FOUND:
+                    continue  # a driver without this version of the call
+                raise
+            return FabricInfo(
+                cluster_uuid=str(uuid.UUID(bytes=bytes(info.clusterUuid))),
+                clique_id=int(info.cliqueId),
+                state=int(info.state),
+                status=int(info.status),
+            )
+        raise NvmlNotSupported(
+            "nvmlDeviceGetGpuFabricInfo", "neither the driver nor nvidia-ml-py has a GPU fabric query"
+        )
+
+    def device_virtualization_mode(self, index: int) -> int:
+        h = self._handle(index)
+        return int(
+            self._call(
+                "nvmlDeviceGetVirtualizationMode", lambda: self._pynvml.nvmlDeviceGetVirtualizationMode(h)
+            )
+        )
+
+    def vgpu_devices(self) -> tuple[VgpuDevice, ...]:
+        return scan_vgpus(self._sysfs_root)
 
     # --- topology (read once at discovery)
 
@@ -352,7 +394,8 @@ def _translate(call: str, exc: Any, pynvml: Any) -> NvmlError:
         return NvmlLibraryNotFound(call, f"{_LIBRARY} was not found: {LIBRARY_HINT}", code)
     if code == pynvml.NVML_ERROR_DRIVER_NOT_LOADED:
         return NvmlLibraryNotFound(call, f"the NVIDIA kernel driver is not loaded: {LIBRARY_HINT}", code)
-    if code == pynvml.NVML_ERROR_NOT_SUPPORTED:
+    if code in (pynvml.NVML_ERROR_NOT_SUPPORTED, _FUNCTION_NOT_FOUND):
+        # A driver too old for a query does not support it either.
         return NvmlNotSupported(call, message, code)
     if code == pynvml.NVML_ERROR_TIMEOUT:
         return NvmlTimeout(call, message, code)

@@ -52,11 +52,14 @@ MAX_DEVICE_IDS = 100_000
 REQUEST_LIMITS = Limits(messages=MAX_CONTAINER_REQUESTS, values=MAX_DEVICE_IDS)
 
 _socket_counter = itertools.count()
+# Every socket nvplugin creates in the kubelet's directory starts with this (stale ones are
+# found by it after a crash).
+SOCKET_PREFIX = "nvplugin-"
 
 
 def fresh_socket_name(resource: Resource) -> str:
     """A socket name never used before by this process (nor, very likely, any other)."""
-    return f"nvplugin-{resource.short_name}-{os.getpid()}-{next(_socket_counter)}-{os.urandom(3).hex()}.sock"
+    return f"{SOCKET_PREFIX}{resource.short_name}-{os.getpid()}-{next(_socket_counter)}-{os.urandom(3).hex()}.sock"
 
 
 def to_proto_allocation(allocation: ContainerAllocation) -> api.ContainerAllocateResponse:

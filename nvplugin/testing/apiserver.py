@@ -4,8 +4,11 @@ Not a mock: a real HTTP server on a real socket, with the API server's semantics
 implements (docs/apiserver.md lists exactly what that is): Nodes (get, list and watch with a
 metadata.name field selector, resourceVersion, bookmarks, 410 Gone for a compacted
 resourceVersion, JSON merge patch, strategic merge patch for maps, JSON patch, optimistic
-concurrency) and Events (create, patch, list). Faults can be injected per verb (status codes,
-Retry-After, delays), and every request is counted per node and verb.
+concurrency) and Events (create, patch, list), plus RuntimeClasses (get, list) for
+`nvplugin doctor`. Faults can be injected per verb (status codes, Retry-After, delays, requests
+that never answer, connections closed mid-response, watches that end at once or expire), for a
+number of requests or until cleared, and every request is counted per node and verb, and logged
+with its time (for request rates over a fault window).
 
 Tests, benchmarks and `nvplugin simulate` use it; it never listens on anything but the address
 it is given (127.0.0.1 by default).
@@ -22,7 +25,7 @@ import re
 import time
 import uuid as uuidlib
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,20 +40,41 @@ _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9\-_.]*[A-Za-z0-9])?)?$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9\-_.]*[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9\-.]*[a-z0-9])?$")
 
-VERBS = ("get", "list", "watch", "patch", "create-event", "patch-event", "list-events")
+VERBS = (
+    "get",
+    "list",
+    "watch",
+    "patch",
+    "create-event",
+    "patch-event",
+    "list-events",
+    "get-runtimeclass",
+    "list-runtimeclasses",
+)
+
+# What a faulty request gets (after `delay`): "answer": the `status` (None: the normal answer,
+# only delayed); "hang": no answer at all until the server stops (the client's timeout must
+# fire); "close": the answer starts, then the connection is closed mid-body (a patch is applied
+# first: the answer is what is lost; a watch sends what it has, then the stream breaks);
+# "end" (watch only): a 200 whose stream ends at once; "expire" (watch only): a 200 whose
+# stream is one ERROR event with code 410, as for a compacted resourceVersion.
+ACTIONS = ("answer", "hang", "close", "end", "expire")
+WATCH_ONLY_ACTIONS = ("end", "expire")
 
 
 @dataclass
 class Fault:
-    """An injected failure for the next `times` requests of `verb` (optionally one node's)."""
+    """An injected failure for the next `times` requests of `verb` (optionally one node's);
+    `times=None`: every such request until `clear_faults()`."""
 
     verb: str
     status: int | None = None  # None: only the delay
-    times: int = 1
+    times: int | None = 1
     retry_after: int | None = None
     node: str | None = None
     delay: float = 0.0
     message: str = "injected fault"
+    action: str = "answer"
 
 
 @dataclass(eq=False)
@@ -223,6 +247,7 @@ class FakeApiServer:
         self.default_watch_timeout = default_watch_timeout
         self.nodes: dict[str, dict[str, Any]] = {}
         self.events: dict[tuple[str, str], dict[str, Any]] = {}
+        self.runtime_classes: dict[str, dict[str, Any]] = {}
         self._rv = itertools.count(1)
         self.resource_version = 0
         # (rv, type, node name, object) of every change, oldest first.
@@ -231,7 +256,12 @@ class FakeApiServer:
         self._compacted = 0
         self._watchers: dict[str | None, set[_Watcher]] = {}
         self.faults: list[Fault] = []
+        # A mutating admission step for clients' Node patches (not set_labels): called with the
+        # patched Node before it is stored, may change it (a webhook that rewrites labels).
+        self.admission: Callable[[dict[str, Any]], None] | None = None
         self.requests: Counter[tuple[str, str]] = Counter()
+        # (time.monotonic(), node, verb) of the latest requests, faults included.
+        self.request_log: deque[tuple[float, str, str]] = deque(maxlen=100_000)
         self.watches_opened: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -251,6 +281,8 @@ class FakeApiServer:
         app.router.add_post("/api/v1/namespaces/{ns}/events", self._create_event)
         app.router.add_get("/api/v1/namespaces/{ns}/events", self._list_events)
         app.router.add_patch("/api/v1/namespaces/{ns}/events/{name}", self._patch_event)
+        app.router.add_get("/apis/node.k8s.io/v1/runtimeclasses", self._list_runtime_classes)
+        app.router.add_get("/apis/node.k8s.io/v1/runtimeclasses/{name}", self._get_runtime_class)
         app.router.add_get("/version", self._version)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -263,9 +295,7 @@ class FakeApiServer:
 
     async def stop(self) -> None:
         """Stop listening and drop every connection, watches included."""
-        for watchers in self._watchers.values():
-            for w in watchers:
-                w.queue.put_nowait(None)
+        self.end_watches()
         for task in list(self._handlers):
             task.cancel()
         if self._runner is not None:
@@ -324,6 +354,32 @@ class FakeApiServer:
         node["metadata"]["resourceVersion"] = str(rv)
         self._record(rv, "DELETED", name, node)
 
+    def set_resources(
+        self, name: str, capacity: Mapping[str, str], allocatable: Mapping[str, str] | None = None
+    ) -> None:
+        """The kubelet reports the node's capacity and allocatable (allocatable defaults to the
+        capacity): a status update, seen by watches like any other change."""
+        node = copy.deepcopy(self.nodes[name])
+        node["status"]["capacity"] = dict(capacity)
+        node["status"]["allocatable"] = dict(capacity if allocatable is None else allocatable)
+        self._replace(name, node)
+
+    def add_runtime_class(self, name: str, handler: str) -> dict[str, Any]:
+        """A RuntimeClass (node.k8s.io/v1, cluster-scoped)."""
+        runtime_class = {
+            "kind": "RuntimeClass",
+            "apiVersion": "node.k8s.io/v1",
+            "metadata": {
+                "name": name,
+                "uid": str(uuidlib.uuid4()),
+                "resourceVersion": str(next(self._rv)),
+                "creationTimestamp": _now(),
+            },
+            "handler": handler,
+        }
+        self.runtime_classes[name] = runtime_class
+        return copy.deepcopy(runtime_class)
+
     def node(self, name: str) -> dict[str, Any]:
         return copy.deepcopy(self.nodes[name])
 
@@ -348,7 +404,43 @@ class FakeApiServer:
     def inject(self, fault: Fault) -> None:
         if fault.verb not in VERBS:
             raise ValueError(f"unknown verb {fault.verb!r}; expected one of {', '.join(VERBS)}")
+        if fault.action not in ACTIONS:
+            raise ValueError(f"unknown fault action {fault.action!r}; expected one of {', '.join(ACTIONS)}")
+        if fault.action in WATCH_ONLY_ACTIONS and fault.verb != "watch":
+            raise ValueError(
+                f"fault action {fault.action!r} applies to the watch verb only, not {fault.verb!r}"
+            )
         self.faults.append(fault)
+
+    def clear_faults(self) -> None:
+        """End every injected fault (requests already hanging stay hung until stop())."""
+        self.faults.clear()
+
+    def requests_since(self, since: float, node: str | None = None, until: float | None = None) -> int:
+        """Requests (of `node`, or all) received between the time.monotonic() values given."""
+        return sum(
+            1
+            for at, who, _ in self.request_log
+            if at >= since and (until is None or at <= until) and node in (None, who)
+        )
+
+    def peak_rate(self, since: float, node: str | None = None, window: float = 1.0) -> int:
+        """The most requests (of `node`, or all) received in any `window` seconds since `since`."""
+        times = [at for at, who, _ in self.request_log if at >= since and node in (None, who)]
+        peak, first = 0, 0
+        for last, at in enumerate(times):
+            while at - times[first] > window:
+                first += 1
+            peak = max(peak, last - first + 1)
+        return peak
+
+    def end_watches(self, name: str | None = None) -> None:
+        """End the open watches of `name` (None: every watch) cleanly, as the API server does
+        at a watch's timeout or when it restarts: the client has to watch again."""
+        for key, watchers in self._watchers.items():
+            if name in (None, key):
+                for watcher in watchers:
+                    watcher.queue.put_nowait(None)
 
     def open_watches(self, name: str | None = None) -> int:
         return len(self._watchers.get(name, ()))
@@ -384,7 +476,7 @@ class FakeApiServer:
         self._record(rv, "MODIFIED", name, node)
         return True
 
-    def _update(self, name: str, patch: Any, apply: Any) -> dict[str, Any]:
+    def _update(self, name: str, patch: Any, apply: Any, *, admit: bool = False) -> dict[str, Any]:
         old = self.nodes[name]
         sent_rv = patch.get("metadata", {}).get("resourceVersion") if isinstance(patch, dict) else None
         if sent_rv is not None and sent_rv != old["metadata"]["resourceVersion"]:
@@ -398,25 +490,55 @@ class FakeApiServer:
             raise ApiServerError(422, "the patch removed the object's metadata")
         if new["metadata"].get("name") != name or new["metadata"].get("uid") != old["metadata"]["uid"]:
             raise ApiServerError(422, "metadata.name and metadata.uid cannot be changed")
+        if admit and self.admission is not None:
+            self.admission(new)
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         self._replace(name, new)
         return self.nodes[name]
 
-    async def _gate(self, request: web.Request, verb: str, node: str) -> None:
-        """Count the request, check auth and apply any injected fault."""
+    async def _gate(self, request: web.Request, verb: str, node: str) -> str:
+        """Count the request, check auth and apply any injected fault; returns the action the
+        handler still has to carry out ("answer": none, "close", "end" or "expire")."""
         self.requests[(node, verb)] += 1
+        self.request_log.append((time.monotonic(), node, verb))
         if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
             raise ApiServerError(401, "Unauthorized")
         for fault in self.faults:
-            if fault.verb == verb and fault.times > 0 and fault.node in (None, node):
-                fault.times -= 1
-                if fault.times == 0:
-                    self.faults.remove(fault)
+            if fault.verb == verb and fault.node in (None, node):
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self.faults.remove(fault)
                 if fault.delay:
                     await asyncio.sleep(fault.delay)
+                if fault.action == "hang":
+                    await self._hang()
                 if fault.status is not None:
                     raise ApiServerError(fault.status, fault.message, fault.retry_after)
-                return
+                return fault.action
+        return "answer"
+
+    async def _hang(self) -> None:
+        """Never answer: wait until stop() cancels this handler."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._handlers.discard(task)
+
+    @staticmethod
+    async def _cut(request: web.Request, body: Any, status: int = 200) -> web.StreamResponse:
+        """Start a JSON answer, send half of it and close the connection."""
+        data = json.dumps(body).encode()
+        response = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+        response.content_length = len(data)
+        await response.prepare(request)
+        await response.write(data[: len(data) // 2])
+        if request.transport is not None:
+            request.transport.close()
+        return response
 
     @staticmethod
     def _selected_node(request: web.Request) -> str | None:
@@ -434,46 +556,83 @@ class FakeApiServer:
 
     # --- handlers
 
+    async def _get_runtime_class(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            await self._gate(request, "get-runtimeclass", "*")
+            if name not in self.runtime_classes:
+                raise ApiServerError(404, f'runtimeclasses.node.k8s.io "{name}" not found')
+        except ApiServerError as exc:
+            return exc.response()
+        return web.json_response(self.runtime_classes[name])
+
+    async def _list_runtime_classes(self, request: web.Request) -> web.Response:
+        try:
+            await self._gate(request, "list-runtimeclasses", "*")
+        except ApiServerError as exc:
+            return exc.response()
+        return web.json_response(
+            {
+                "kind": "RuntimeClassList",
+                "apiVersion": "node.k8s.io/v1",
+                "metadata": {"resourceVersion": str(self.resource_version)},
+                "items": list(self.runtime_classes.values()),
+            }
+        )
+
     async def _version(self, request: web.Request) -> web.Response:
         return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-nvplugin-test"})
 
-    async def _get_node(self, request: web.Request) -> web.Response:
+    async def _answer(
+        self, request: web.Request, action: str, body: Any, status: int = 200
+    ) -> web.StreamResponse:
+        if action == "close":
+            return await self._cut(request, body, status)
+        return web.json_response(body, status=status)
+
+    async def _get_node(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         try:
-            await self._gate(request, "get", name)
+            action = await self._gate(request, "get", name)
             if name not in self.nodes:
                 raise ApiServerError(404, f'nodes "{name}" not found')
         except ApiServerError as exc:
             return exc.response()
-        return web.json_response(self.nodes[name])
+        return await self._answer(request, action, self.nodes[name])
 
     async def _list_nodes(self, request: web.Request) -> web.StreamResponse:
         watch = request.query.get("watch", "").lower() in ("true", "1")
         try:
             name = self._selected_node(request)
-            await self._gate(request, "watch" if watch else "list", name or "*")
+            action = await self._gate(request, "watch" if watch else "list", name or "*")
         except ApiServerError as exc:
             return exc.response()
         if watch:
-            return await self._watch(request, name)
+            return await self._watch(request, name, action)
         items = [n for key, n in self.nodes.items() if name in (None, key)]
-        return web.json_response(
-            {
-                "kind": "NodeList",
-                "apiVersion": "v1",
-                "metadata": {"resourceVersion": str(self.resource_version)},
-                "items": items,
-            }
-        )
+        body = {
+            "kind": "NodeList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": str(self.resource_version)},
+            "items": items,
+        }
+        return await self._answer(request, action, body)
 
-    async def _watch(self, request: web.Request, name: str | None) -> web.StreamResponse:
+    async def _watch(self, request: web.Request, name: str | None, action: str) -> web.StreamResponse:
         rv_text = request.query.get("resourceVersion", "")
         bookmarks = request.query.get("allowWatchBookmarks", "").lower() in ("true", "1")
         timeout = float(request.query.get("timeoutSeconds", self.default_watch_timeout))
         watcher = _Watcher(name)
         initial: list[dict[str, Any]] = []
         gone = False
-        if rv_text in ("", "0"):
+        if action == "end":
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        if action == "expire":
+            gone = True
+        elif rv_text in ("", "0"):
             initial = [
                 {"type": "ADDED", "object": copy.deepcopy(n)}
                 for key, n in self.nodes.items()
@@ -510,6 +669,11 @@ class FakeApiServer:
         try:
             for first in initial:
                 await response.write(json.dumps(first).encode() + b"\n")
+            if action == "close":
+                # the stream breaks: no terminating chunk, the connection just goes away
+                if request.transport is not None:
+                    request.transport.close()
+                return response
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -560,19 +724,19 @@ class FakeApiServer:
             raise ApiServerError(400, f"the patch is not valid JSON: {exc}") from None
         return body, appliers[content_type]
 
-    async def _patch_node(self, request: web.Request) -> web.Response:
+    async def _patch_node(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         try:
-            await self._gate(request, "patch", name)
+            action = await self._gate(request, "patch", name)
             if name not in self.nodes:
                 raise ApiServerError(404, f'nodes "{name}" not found')
             patch, apply = await self._read_patch(request)
-            node = self._update(name, patch, apply)
+            node = self._update(name, patch, apply, admit=True)
         except ApiServerError as exc:
             return exc.response()
-        return web.json_response(node)
+        return await self._answer(request, action, node)
 
-    async def _create_event(self, request: web.Request) -> web.Response:
+    async def _create_event(self, request: web.Request) -> web.StreamResponse:
         ns = request.match_info["ns"]
         try:
             try:
@@ -580,7 +744,7 @@ class FakeApiServer:
             except ValueError as exc:
                 raise ApiServerError(400, f"the event is not valid JSON: {exc}") from None
             involved = (body.get("involvedObject") or {}).get("name", "")
-            await self._gate(request, "create-event", involved)
+            action = await self._gate(request, "create-event", involved)
             meta = body.setdefault("metadata", {})
             if not meta.get("name"):
                 if not meta.get("generateName"):
@@ -597,13 +761,13 @@ class FakeApiServer:
             self.events[(ns, meta["name"])] = body
         except ApiServerError as exc:
             return exc.response()
-        return web.json_response(body, status=201)
+        return await self._answer(request, action, body, status=201)
 
-    async def _patch_event(self, request: web.Request) -> web.Response:
+    async def _patch_event(self, request: web.Request) -> web.StreamResponse:
         ns, name = request.match_info["ns"], request.match_info["name"]
         try:
             involved = (self.events.get((ns, name), {}).get("involvedObject") or {}).get("name", "")
-            await self._gate(request, "patch-event", involved)
+            action = await self._gate(request, "patch-event", involved)
             if (ns, name) not in self.events:
                 raise ApiServerError(404, f'events "{name}" not found')
             patch, apply = await self._read_patch(request)
@@ -612,16 +776,17 @@ class FakeApiServer:
             self.events[(ns, name)] = event
         except ApiServerError as exc:
             return exc.response()
-        return web.json_response(event)
+        return await self._answer(request, action, event)
 
-    async def _list_events(self, request: web.Request) -> web.Response:
+    async def _list_events(self, request: web.Request) -> web.StreamResponse:
         ns = request.match_info["ns"]
         try:
-            await self._gate(request, "list-events", "*")
+            action = await self._gate(request, "list-events", "*")
         except ApiServerError as exc:
             return exc.response()
         items = [e for (n, _), e in self.events.items() if n == ns]
-        return web.json_response({"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items})
+        body = {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items}
+        return await self._answer(request, action, body)
 
 
 def _without_rv(node: dict[str, Any]) -> dict[str, Any]:
