@@ -65,6 +65,8 @@ class Probe:
             self._stream = channel.unary_stream(
                 SERVICE + "ListAndWatch", request_serializer=None, response_deserializer=None
             )(b"")
+            if self.stop.is_set():  # ended before the stream existed for end() to cancel
+                self._stream.cancel()
             try:
                 for _ in self._stream:
                     self.listed += 1

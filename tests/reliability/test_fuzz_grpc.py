@@ -280,7 +280,7 @@ async def target(kubelet: KubeletSimulator, config: Config, plugin_dir: Path) ->
 
 async def test_fuzzing_the_handlers_never_hurts_the_agent(target: Target, figures: Figures) -> None:
     probe = Probe(target.socket_path)
-    examples = scaled(400, minimum=20)
+    examples = scaled(600, minimum=20)
     work: list[tuple[Callable[[Target, int], None], int]] = [
         (fuzz_allocate, examples),
         (fuzz_preferred, examples),
@@ -291,11 +291,11 @@ async def test_fuzzing_the_handlers_never_hurts_the_agent(target: Target, figure
     async with anyio.create_task_group() as tg:
         tg.start_soon(anyio.to_thread.run_sync, probe.ask)
         tg.start_soon(anyio.to_thread.run_sync, probe.watch)
-        with anyio.fail_after(30):
-            while not (probe.answers and probe.listed):  # noqa: ASYNC110 - counters in threads
-                await anyio.sleep(0.01)
         answered_during: dict[str, int] = {}
         try:
+            with anyio.fail_after(30):
+                while not (probe.answers and probe.listed):  # noqa: ASYNC110 - counters in threads
+                    await anyio.sleep(0.01)
             for run, amount in work:
                 answers_before = probe.answers
                 await anyio.to_thread.run_sync(run, target, amount)
