@@ -17,11 +17,12 @@ QUOTED_VALUES = 3
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
-    """repr(text), cut to `limit` characters with the full length when longer:
-    'GPU-aaaa…' (262144 characters)."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit] + '…'!r} ({len(text)} characters)"
+    """repr(text), cut to about `limit` characters, with the full length when cut:
+    'GPU-aaaa…' (262144 characters). Escapes count: 64 NULs are 256 characters of repr."""
+    quoted = repr(text[:limit])
+    if len(text) <= limit and len(quoted) <= limit + 2:
+        return quoted
+    return f"{quoted[: limit + 1]}…{quoted[0]} ({len(text)} characters)"
 
 
 def clip(text: str, limit: int = 4 * EXCERPT_CHARS) -> str:
