@@ -100,30 +100,38 @@ def nvplugin_process(*args: str, env: dict[str, str] | None = None, **popen: Any
 async def read_until(
     proc: subprocess.Popen[str], text: str, within: float = 15.0, stream: str = "stderr"
 ) -> str:
-    """Read the process's stderr (or stdout) line by line until a line contains `text`; returns
-    what was read."""
+    """Read the process's stderr (or stdout) until a line contains `text`; returns what was read
+    up to the end of that line. Reads the pipe's file descriptor directly, so what follows stays
+    for stop_process (a buffered reader would keep it from communicate())."""
     pipe = proc.stderr if stream == "stderr" else proc.stdout
     assert pipe is not None
-    seen: list[str] = []
+    pending: dict[str, str] = proc.__dict__.setdefault("_pending_output", {"stdout": "", "stderr": ""})
+    fd = pipe.fileno()
 
-    def read() -> None:
-        assert pipe is not None
-        for line in pipe:
-            seen.append(line)
-            if text in line:
-                return
-        raise AssertionError(f"the process ended before printing {text!r}:\n{''.join(seen)}")
+    def read() -> str:
+        data = pending[stream]
+        while True:
+            found = data.find(text)
+            if found >= 0:
+                cut = data.find("\n", found)
+                cut = len(data) if cut < 0 else cut + 1
+                pending[stream] = data[cut:]
+                return data[:cut]
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"the process ended before printing {text!r}:\n{data}")
+            data += chunk.decode(errors="replace")
 
     with anyio.fail_after(within):
-        await anyio.to_thread.run_sync(read, abandon_on_cancel=True)
-    return "".join(seen)
+        return await anyio.to_thread.run_sync(read, abandon_on_cancel=True)
 
 
 async def stop_process(proc: subprocess.Popen[str], signum: int = signal.SIGTERM) -> tuple[int, str, str]:
     """Signal the process and collect (exit code, stdout, stderr)."""
     proc.send_signal(signum)
     out, err = await anyio.to_thread.run_sync(proc.communicate)
-    return proc.returncode, out, err
+    pending = proc.__dict__.get("_pending_output", {})
+    return proc.returncode, pending.get("stdout", "") + (out or ""), pending.get("stderr", "") + (err or "")
 
 
 # --- the real GPU
