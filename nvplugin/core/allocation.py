@@ -135,6 +135,19 @@ def device_specs(
     return tuple(DeviceSpec(container_path=p, host_path=host_path(root, p)) for p in dict.fromkeys(paths))
 
 
+@dataclass(frozen=True, slots=True)
+class NodeDevices:
+    """What Allocate needs to know about the node beyond the GPUs, found once at start: the
+    NVIDIA control device nodes present (None: all of them) and the configured IMEX channels
+    found (core.imex.select_imex_channels)."""
+
+    control_nodes: Collection[str] | None = None
+    imex_channels: tuple[ImexChannel, ...] = ()
+
+
+NO_NODE_DEVICES = NodeDevices()
+
+
 def container_allocation(
     devices: Sequence[AdvertisedDevice],
     config: Config,

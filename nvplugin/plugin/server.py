@@ -22,8 +22,10 @@ from grpclib.server import Server
 
 from nvplugin.api import v1beta1 as api
 from nvplugin.core.allocation import (
+    NO_NODE_DEVICES,
     AllocationError,
     ContainerAllocation,
+    NodeDevices,
     check_request,
     container_allocation,
     preferred_in_order,
@@ -104,7 +106,7 @@ class DevicePluginServicer(api.DevicePluginBase):
         resource_name: str,
         state: NodeState,
         config: Config,
-        existing_control_nodes: frozenset[str] | None = None,
+        node: NodeDevices = NO_NODE_DEVICES,
         *,
         metrics: Metrics = NULL_METRICS,
         on_stream_lost: Callable[[], None] | None = None,
@@ -112,7 +114,7 @@ class DevicePluginServicer(api.DevicePluginBase):
         self.resource_name = resource_name
         self._state = state
         self._config = config
-        self._control_nodes = existing_control_nodes
+        self._node = node
         self._metrics = metrics
         # Called when a stream ends while we still serve: the kubelet went away (restarting?).
         self._on_stream_lost = on_stream_lost
@@ -218,7 +220,10 @@ class DevicePluginServicer(api.DevicePluginBase):
             for request in message.container_requests:
                 devices = check_request(self._resource(), request.devices_ids, self._state.unhealthy)
                 allocation = container_allocation(
-                    devices, self._config, existing_control_nodes=self._control_nodes
+                    devices,
+                    self._config,
+                    existing_control_nodes=self._node.control_nodes,
+                    imex_channels=self._node.imex_channels,
                 )
                 responses.append(to_proto_allocation(allocation))
                 await anyio.lowlevel.checkpoint()
@@ -285,7 +290,7 @@ class PluginServer:
         resource: Resource,
         state: NodeState,
         config: Config,
-        existing_control_nodes: frozenset[str] | None = None,
+        node: NodeDevices = NO_NODE_DEVICES,
         *,
         metrics: Metrics = NULL_METRICS,
         on_stream_lost: Callable[[], None] | None = None,
@@ -297,7 +302,7 @@ class PluginServer:
             resource.name,
             state,
             config,
-            existing_control_nodes,
+            node,
             metrics=metrics,
             on_stream_lost=on_stream_lost,
         )
