@@ -13,7 +13,7 @@ TASKS that applies, each run by the task guard (nvplugin.tasks.guarded) in one T
     fake-control     fault injection socket, fake GPUs only                  may end (socket taken)
     device-metrics   device gauges and transition counters from NodeState    restarts with backoff
     metrics-server   /metrics /healthz /readyz                               retries every minute
-    node-labels      labels and health Events through the Kubernetes API     restarts with backoff
+    node-labels      labels (Node, features file) and health Events          restarts with backoff
 
 Health transitions are published in one place, NodeState: the streams wake on its version, the
 device metrics follow it, and Node Events subscribe to it. Blocking calls (NVML, files) run in
@@ -486,7 +486,11 @@ TASKS: tuple[TaskSpec[Agent], ...] = (
         enabled=lambda a: a.config.metrics_address is not None,
         restart=Backoff(initial=60.0, cap=60.0),
     ),
-    TaskSpec("node-labels", _serve_node_labels, enabled=lambda a: a.config.labels),
+    TaskSpec(
+        "node-labels",
+        _serve_node_labels,
+        enabled=lambda a: a.config.labels or a.config.gfd_output_file is not None,
+    ),
 )
 
 
