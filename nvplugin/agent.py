@@ -32,14 +32,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from nvplugin.cdi import CdiDriverMissing, CdiSpecError
 from nvplugin.core.allocation import CDI_STRATEGIES, NodeDevices
 from nvplugin.core.config import Config, ConfigError
 from nvplugin.core.inventory import EMPTY_INVENTORY, Inventory
 from nvplugin.core.resources import Resource, plan_resources
 from nvplugin.core.xid import DEFAULT_POLICY, HealthPolicy
 from nvplugin.devicenodes import existing_control_nodes
-from nvplugin.health import HealthWatcher
 from nvplugin.nvml.base import LIBRARY_HINT, Nvml, NvmlError, NvmlLibraryNotFound
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.early import EarlyStart
@@ -57,6 +55,7 @@ from nvplugin.tasks import Backoff, StopAgent, TaskFailed, TaskSpec, guarded
 
 if TYPE_CHECKING:
     from nvplugin.configload import ConfigSource
+    from nvplugin.health import HealthWatcher
     from nvplugin.metrics_server import MetricsServer
 
 log = logging.getLogger(__name__)
@@ -181,17 +180,12 @@ class Agent:
                 raise AgentError(f"cannot advertise the GPUs with this configuration: {exc}") from None
             await anyio.to_thread.run_sync(self._check_kubelet_dir, resources)
             node = await anyio.to_thread.run_sync(self._node_devices)
-            try:
-                await self._write_cdi_spec(inventory, resources, self.config)
-            except CdiSpecError as exc:
-                raise AgentError(str(exc)) from None
+            await self._write_cdi_spec(inventory, resources, self.config, fatal=True)
             self.state.replace(inventory, resources)
             self.kubelet = KubeletSide(self.config, self.state, self.metrics, node)
-            if self.nvml_ready and self.health_policy.watching:
-                self.health = HealthWatcher(self.nvml, self.state, self.health_policy, metrics=self.metrics)
-            elif not self.nvml_ready:
+            if not self.nvml_ready:
                 log.warning("no NVML: XID health checks are off")
-            else:
+            elif not self.health_policy.watching:
                 log.info("%s", self.health_policy.describe())
             self._reload_wanted = anyio.Event()
             try:
@@ -285,13 +279,14 @@ class Agent:
         return NodeDevices(control_nodes=existing_control_nodes(), imex_channels=imex.channels)
 
     async def _write_cdi_spec(
-        self, inventory: Inventory, resources: tuple[Resource, ...], config: Config
+        self, inventory: Inventory, resources: tuple[Resource, ...], config: Config, fatal: bool = False
     ) -> None:
         """Under a CDI device-list strategy, the spec every CDI name Allocate hands out resolves
-        in. Raises CdiSpecError (unwritable, no driver files to describe)."""
+        in. Raises CdiSpecError (unwritable, no driver files to describe), as AgentError when
+        `fatal` (at start)."""
         if not set(config.device_list_strategy) & CDI_STRATEGIES:
             return
-        from nvplugin.cdi import options_from_config, write_specs
+        from nvplugin.cdi import CdiDriverMissing, CdiSpecError, options_from_config, write_specs
 
         try:
             options = options_from_config(config)
@@ -301,10 +296,16 @@ class Agent:
             result = await anyio.to_thread.run_sync(write_specs, inventory, resources, options)
         except CdiDriverMissing as exc:
             if not self._is_fake():
+                if fatal:
+                    raise AgentError(str(exc)) from None
                 raise
             # Simulated GPUs on a machine without a driver: nothing real to describe.
             log.warning("fake GPUs: no CDI spec written: %s", exc)
             return
+        except CdiSpecError as exc:
+            if fatal:
+                raise AgentError(str(exc)) from None
+            raise
         for warning in result.warnings:
             log.warning("CDI spec: %s", warning)
         for path in result.removed:
@@ -451,9 +452,17 @@ def _kubelet(agent: Agent) -> KubeletSide:
     return agent.kubelet
 
 
-def _health(agent: Agent) -> HealthWatcher:
-    assert agent.health is not None
-    return agent.health
+async def _serve_health(agent: Agent) -> None:
+    """One watcher for the agent's life (its faults survive its restarts), made once the first
+    registration is under way: health checks begin right after GPUs are advertised, and their
+    imports stay off the start -> Register path."""
+    if agent.health is None:
+        assert agent.kubelet is not None
+        await agent.kubelet.first_attempt.wait()
+        from nvplugin.health import HealthWatcher
+
+        agent.health = HealthWatcher(agent.nvml, agent.state, agent.health_policy, metrics=agent.metrics)
+    await agent.health.run()
 
 
 # Every task of the agent, in start order (see the module docstring).
@@ -470,8 +479,8 @@ TASKS: tuple[TaskSpec[Agent], ...] = (
     TaskSpec("reloads", Agent._serve_reloads),
     TaskSpec(
         "health",
-        lambda a: _health(a).run(),
-        enabled=lambda a: a.health is not None,
+        _serve_health,
+        enabled=lambda a: a.nvml_ready and a.health_policy.watching,
         restart=Backoff(initial=0.5, cap=30.0, healthy_after=60.0),
     ),
     TaskSpec("fake-control", _serve_fake_control, enabled=_is_fake, may_finish=True),

@@ -121,6 +121,7 @@ async def test_agent_stops_promptly_during_a_wait(
     nvml = fake_nvml(2)
     async with agent_with_health(config, nvml, control) as agent:
         await kubelet.wait_registered(GPU_RESOURCE)
+        await eventually(lambda: agent.health is not None, what="the health watcher")
         assert agent.health is not None
         waits = agent.health.stats.waits
         await eventually(lambda: agent.health is not None and agent.health.stats.waits > waits)

@@ -114,6 +114,7 @@ async def test_the_agent_restarts_a_crashed_health_watcher(
     config = Config(kubelet_socket=str(plugin_dir / "kubelet.sock"), metrics_address=None)
     async with running_agent(config, nvml, fake_control=str(plugin_dir) + "-fake.sock") as agent:
         await kubelet.wait_registered(GPU_RESOURCE)
+        await eventually(lambda: agent.health is not None, what="the health watcher")
         assert agent.health is not None
         await eventually(lambda: agent.health is not None and agent.health.stats.registrations == 2)
         nvml.inject_xid(1, 79)
@@ -129,6 +130,7 @@ async def test_xids_reach_the_metrics(plugin_dir: Path, kubelet: KubeletSimulato
     )
     async with running_agent(config, nvml, fake_control=str(plugin_dir) + "-fake.sock") as agent:
         await kubelet.wait_registered(GPU_RESOURCE)
+        await eventually(lambda: agent.health is not None, what="the health watcher")
         assert agent.health is not None
         await agent.health.ready.wait()
         nvml.inject_xid(0, 13)  # ignored by the policy, still counted

@@ -16,6 +16,7 @@ import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nvplugin.core.config import (
     MAX_CONFIG_BYTES,
@@ -25,8 +26,10 @@ from nvplugin.core.config import (
     read_text,
     resolve_settings,
 )
-from nvplugin.core.configfile import ConfigFile, parse_config_file
 from nvplugin.core.xid import DEFAULT_POLICY, HealthPolicy, resolve_health_policy
+
+if TYPE_CHECKING:
+    from nvplugin.core.configfile import ConfigFile
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,8 @@ def read_config_bytes(path: str) -> bytes:
 
 
 def read_config_file(path: str, *, strict: bool = False) -> ConfigFile:
+    from nvplugin.core.configfile import parse_config_file  # only when there is a file
+
     """Read and check a v1 config file; ConfigError names the file and what is wrong. `strict`
     refuses keys NVIDIA does not know (they are warnings otherwise)."""
     from nvplugin.configload.yamlreader import decode_config_text  # PyYAML: only when a file is read
@@ -100,7 +105,12 @@ def load(
     file): call it from a worker thread inside the loop."""
     env = os.environ if env is None else env
     path = config_file_path(flags, env)
-    file = read_config_file(path, strict=strict) if path is not None else ConfigFile()
+    if path is not None:
+        file = read_config_file(path, strict=strict)
+    else:
+        from nvplugin.core.configfile import ConfigFile
+
+        file = ConfigFile()
     return load_with_file(flags, env, file, path or "config file")
 
 

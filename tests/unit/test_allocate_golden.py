@@ -27,7 +27,7 @@ from nvplugin.core.allocation import (
     container_allocation,
 )
 from nvplugin.core.resources import GPU_RESOURCE, build_resources
-from nvplugin.plugin.server import to_proto_allocation
+from nvplugin.core.wire import encode_container_allocation
 from tests.unit.mig_layouts import config, inventory, sharing
 
 GPU0 = "GPU-3a6fb882-2a7b-4f06-b687-cb5077d1bd5c"
@@ -40,15 +40,9 @@ CDI = "k8s.device-plugin.nvidia.com/gpu"
 ROOT = "/var/run/nvidia-container-devices"
 
 
-def to_message(allocation: ContainerAllocation) -> v1beta1.ContainerAllocateResponse:
-    """What the server sends: the plugin server's own mapping."""
-    return to_proto_allocation(allocation)
-
-
 def as_fields(allocation: ContainerAllocation) -> dict[str, object]:
-    message = to_message(allocation)
-    # Round-trip through the wire format: what the kubelet decodes is what we compare.
-    decoded = v1beta1.ContainerAllocateResponse.parse(bytes(message))
+    # What the server sends, decoded as the kubelet decodes it: that is what we compare.
+    decoded = v1beta1.ContainerAllocateResponse.parse(encode_container_allocation(allocation))
     fields: dict[str, object] = {}
     if decoded.envs:
         fields["envs"] = dict(decoded.envs)
