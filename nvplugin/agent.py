@@ -38,6 +38,7 @@ from nvplugin.core.resources import Resource, plan_resources
 from nvplugin.core.xid import DEFAULT_POLICY, HealthPolicy
 from nvplugin.devicenodes import existing_control_nodes
 from nvplugin.health import HealthWatcher
+from nvplugin.mps import run_mps_daemons, wants_mps_daemons
 from nvplugin.nvml.base import LIBRARY_HINT, Nvml, NvmlError, NvmlLibraryNotFound
 from nvplugin.nvml.discovery import discover
 from nvplugin.nvml.early import EarlyStart
@@ -418,6 +419,7 @@ TASKS: tuple[TaskSpec[Agent], ...] = (
         enabled=lambda a: a.health is not None,
         restart=Backoff(initial=0.5, cap=30.0, healthy_after=60.0),
     ),
+    TaskSpec("mps-daemons", run_mps_daemons, enabled=wants_mps_daemons),
     TaskSpec("fake-control", _serve_fake_control, enabled=_is_fake, may_finish=True),
     TaskSpec(
         "device-metrics",

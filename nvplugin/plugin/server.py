@@ -29,6 +29,7 @@ from nvplugin.core.allocation import (
     preferred_shared_allocation,
 )
 from nvplugin.core.config import Config
+from nvplugin.core.mps import is_mps_shared
 from nvplugin.core.placement import preferred_allocation as topology_preferred_allocation
 from nvplugin.core.resources import Resource
 from nvplugin.core.wire import encode_list_and_watch
@@ -215,7 +216,10 @@ class DevicePluginServicer(api.DevicePluginBase):
             for request in message.container_requests:
                 devices = check_request(resource, request.devices_ids, unhealthy)
                 allocation = container_allocation(
-                    devices, self._config, existing_control_nodes=self._control_nodes
+                    devices,
+                    self._config,
+                    existing_control_nodes=self._control_nodes,
+                    mps_resource=resource.name if is_mps_shared(resource) else None,
                 )
                 responses.append(to_proto_allocation(allocation))
         except AllocationError as exc:
