@@ -22,19 +22,14 @@ import logging
 import os
 import posixpath
 import select
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
-from nvplugin.cdi.hostfacts import DriverRoot
-from nvplugin.core.cdi import BINARY_DIRS
 from nvplugin.core.config import Config
 from nvplugin.core.mps import (
     CONTAINER_ROOT,
@@ -103,6 +98,10 @@ def find_control_command(config: Config) -> tuple[str, ...]:
     """NVIDIA's nvidia-cuda-mps-control: under the container driver root (where the host's
     driver root is mounted), then the driver root, in the standard bin directories (symlinks
     resolved inside the root), then /usr/local/nvidia/bin and this process's PATH. Blocking."""
+    # Here, not at the top: the CDI modules cost the agent's start-up ~15 ms otherwise.
+    from nvplugin.cdi.hostfacts import DriverRoot
+    from nvplugin.core.cdi import BINARY_DIRS
+
     searched = []
     roots = [config.container_driver_root] if os.path.isdir(config.container_driver_root) else []
     roots.append(config.nvidia_driver_root)
@@ -252,7 +251,8 @@ class MpsDaemon:
         self.control = tuple(control)
         self.pid: int | None = None
         self._process: _Watched | None = None
-        # Set once this daemon's pipe directory was emptied: a PID file there is then its own.
+        # Set once this daemon's pipe directory was emptied: a PID file there is then its own
+        # (until `pid` is set, when it is watched, or has ended).
         self._prepared = False
         path = os.pathsep.join([os.path.dirname(self.control[0]), os.environ.get("PATH", os.defpath)])
         passed = {k: os.environ[k] for k in ("LD_LIBRARY_PATH",) if k in os.environ}
@@ -277,8 +277,15 @@ class MpsDaemon:
         return pid
 
     async def wait_exit(self) -> None:
-        assert self._process is not None
-        await self._process.wait()
+        """Until the daemon ends, however it ends."""
+        process = self._process
+        assert process is not None
+        try:
+            await process.wait()
+        finally:
+            if not process.alive():
+                self._process = None
+                process.close()
 
     async def command(self, text: str) -> str:
         """Send one control command (as `echo TEXT | nvidia-cuda-mps-control`); its output."""
@@ -296,7 +303,7 @@ class MpsDaemon:
     async def stop(self) -> None:
         """`quit`, killed if it does not exit within STOP_GRACE_S; then its files removed."""
         process, self._process = self._process, None
-        if process is None and self._prepared:
+        if process is None and self._prepared and self.pid is None:
             # Stopped while starting, after the daemon forked but before its PID was read.
             pid = await anyio.to_thread.run_sync(_read_pid_if_any, self.plan.pid_file)
             process = _Watched(pid) if pid is not None else None
@@ -330,6 +337,8 @@ class MpsDaemon:
     async def _daemonize(self) -> None:
         """`nvidia-cuda-mps-control -d`: returns once the daemon was forked off. Its output goes
         to a file, not a pipe: the daemon might keep a pipe open, and we would wait forever."""
+        import subprocess  # not at the top: it is only needed here, not at the agent's start-up
+
         output = await anyio.to_thread.run_sync(_scratch_file)
         with output:
             with anyio.move_on_after(COMMAND_TIMEOUT_S) as scope, _os_errors(f"run {self.control[-1]}"):
@@ -458,7 +467,7 @@ def remove_daemon_files(plan: MpsDaemonPlan) -> None:
             _empty(plan.pipe_dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(plan.started_file)
-        shutil.rmtree(plan.log_dir, ignore_errors=True)
+        _remove_tree(plan.log_dir)
 
 
 def read_pid(path: str) -> int:
@@ -477,10 +486,16 @@ def _read_pid_if_any(path: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _empty(directory: str) -> None:
     for entry in os.scandir(directory):
         if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
+            _remove_tree(entry.path)
         else:
             os.unlink(entry.path)
 
@@ -502,6 +517,8 @@ def _tail(path: str, lines: int) -> str:
 
 
 def _scratch_file() -> IO[bytes]:
+    import tempfile
+
     return tempfile.TemporaryFile()
 
 
