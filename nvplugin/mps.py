@@ -264,7 +264,7 @@ class MpsDaemon:
         await anyio.to_thread.run_sync(prepare_directories, self.plan)
         self._prepared = True
         await self._daemonize()
-        pid = await anyio.to_thread.run_sync(read_pid, self.plan.pid_file)
+        pid = await self._wait_for_pid()
         self._process = _Watched(pid)
         self.pid = pid
         try:
@@ -359,10 +359,23 @@ class MpsDaemon:
         if code != 0:
             raise MpsError(f"{where} failed (exit code {code}): {text or 'no output'}")
 
+    async def _wait_for_pid(self) -> int:
+        """The daemon's PID from its PID file, which it may write just after `-d` returned."""
+        with anyio.move_on_after(COMMAND_TIMEOUT_S):
+            while True:
+                pid = await anyio.to_thread.run_sync(_read_pid_if_any, self.plan.pid_file)
+                if pid is not None:
+                    return pid
+                await anyio.sleep(0.02)
+        raise MpsError(f"the control daemon started but wrote no PID to {self.plan.pid_file}")
+
     async def _retire_leftover(self) -> None:
-        """A daemon from an earlier run (the agent restarted on the host) is asked to quit."""
+        """A daemon from an earlier run (the agent restarted on the host) is asked to quit. A PID
+        file whose process is not a control daemon is stale (after a container restart, its PID
+        belongs to someone else)."""
         pid = await anyio.to_thread.run_sync(_read_pid_if_any, self.plan.pid_file)
-        if pid is None or not _Watched.exists(pid):
+        program = os.path.basename(self.control[-1])
+        if pid is None or not await anyio.to_thread.run_sync(_runs, pid, program):
             return
         try:
             await self.command("quit")
@@ -470,13 +483,6 @@ def remove_daemon_files(plan: MpsDaemonPlan) -> None:
         _remove_tree(plan.log_dir)
 
 
-def read_pid(path: str) -> int:
-    pid = _read_pid_if_any(path)
-    if pid is None:
-        raise MpsError(f"the control daemon started but wrote no PID to {path}")
-    return pid
-
-
 def _read_pid_if_any(path: str) -> int | None:
     try:
         with open(path) as f:
@@ -490,6 +496,16 @@ def _remove_tree(path: str) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _runs(pid: int, program: str) -> bool:
+    """Whether process `pid` runs `program` (its command line names it)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            arguments = f.read().split(b"\0")
+    except OSError:
+        return False
+    return any(os.path.basename(a.decode(errors="replace")) == program for a in arguments)
 
 
 def _empty(directory: str) -> None:

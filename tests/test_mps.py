@@ -209,6 +209,46 @@ async def test_shutdown_sends_quit_and_leaves_nothing_behind(
     assert sorted(p.name for p in daemon.dir.iterdir()) == ["pipe"]
 
 
+async def test_a_daemon_left_by_an_earlier_run_is_asked_to_quit_and_its_leftovers_cleared(
+    config: Config, mps_root: Path
+) -> None:
+    daemon = Daemon(mps_root)
+    daemon.pipe.mkdir(parents=True)
+    env = {
+        **os.environ,
+        "CUDA_MPS_PIPE_DIRECTORY": str(daemon.pipe),
+        "CUDA_MPS_LOG_DIRECTORY": str(daemon.dir / "log"),
+    }
+    started = await anyio.run_process([*fake_control_command(config), "-d"], env=env)
+    assert started.returncode == 0
+    leftover = daemon.pid()
+    (daemon.pipe / "control_lock").write_text("")  # what else an earlier daemon may leave
+    async with running_agent(mps_config(config, mps_root), fake_nvml(1)):
+        await eventually(lambda: daemon.running_other_than(leftover))
+        assert not alive(leftover)
+        assert sorted(p.name for p in daemon.pipe.iterdir()) == ["control", "nvidia-cuda-mps-control.pid"]
+
+
+async def test_a_pid_file_naming_another_process_is_stale_whatever_answers_on_the_pipe(
+    config: Config, mps_root: Path
+) -> None:
+    # After a container restart, the PID an earlier daemon wrote belongs to someone else (here:
+    # this test). Even with something answering `quit` on the pipe, that process is never
+    # waited for (it would never quit) nor signalled.
+    daemon = Daemon(mps_root)
+    daemon.pipe.mkdir(parents=True)
+    env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(daemon.pipe), "CUDA_MPS_LOG_DIRECTORY": str(mps_root)}
+    assert (await anyio.run_process([*fake_control_command(config), "-d"], env=env)).returncode == 0
+    answering = daemon.pid()
+    (daemon.pipe / "nvidia-cuda-mps-control.pid").write_text(f"{os.getpid()}\n")
+    try:
+        async with running_agent(mps_config(config, mps_root), fake_nvml(1)) as agent:
+            await eventually(lambda: daemon.running_other_than(os.getpid()) and daemon.pid() != answering)
+            assert not agent.state.unhealthy
+    finally:
+        os.kill(answering, signal.SIGKILL)
+
+
 async def test_a_daemon_that_cannot_start_is_retried_and_its_gpus_stay_unhealthy(
     config: Config, mps_root: Path, tmp_path: Path
 ) -> None:
