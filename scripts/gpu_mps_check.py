@@ -133,6 +133,10 @@ async def check(replicas: int, record: dict[str, Any]) -> bool:
             record["clients_of_server"] = {
                 s: (await daemon.command(f"get_client_list {s}")).split() for s in servers
             }
+            # What the daemon and its server cost the agent's container (its memory limit).
+            record["rss_mib"] = {
+                str(pid): rss_mib(pid) for pid in [daemon_pid, *(int(s) for s in servers if s.isdigit())]
+            }
             record["nvidia_smi_apps"] = await run(
                 ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv"]
             )
@@ -226,6 +230,15 @@ async def run(command: list[str]) -> str:
     except (OSError, TimeoutError) as exc:
         return f"({exc})"
     return str(result.stdout.decode().strip())
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    return None if kib is None else round(kib / 1024, 1)
 
 
 def tail(path: str) -> str:
