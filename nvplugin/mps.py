@@ -77,8 +77,11 @@ class MpsOwner(Protocol):
 
 
 def wants_mps_daemons(owner: MpsOwner) -> bool:
-    """The task applies: some advertised resource is shared with MPS."""
-    return any(is_mps_shared(r) for r in owner.state.resources)
+    """The task applies: some advertised resource is shared with MPS, or an MPS root is set.
+    The task list is decided once, at start; with an MPS root the node is set up for MPS (the
+    DaemonSet mounts it), so a reload (SIGHUP, a node-label config switch) may share a resource
+    with MPS later, and its daemon must then run."""
+    return owner.config.mps_root is not None or any(is_mps_shared(r) for r in owner.state.resources)
 
 
 async def run_mps_daemons(owner: MpsOwner) -> None:
@@ -166,11 +169,13 @@ class MpsDaemons:
         async with anyio.create_task_group() as tg:
             while True:
                 seen = self._state.version
-                root = await anyio.to_thread.run_sync(agent_mps_root, self._config(), self._container_root)
-                wanted = {
-                    p.resource: p
-                    for p in plan_mps_daemons(self._state.resources, self._state.inventory, root)
-                }
+                wanted = {}
+                if any(is_mps_shared(r) for r in self._state.resources):
+                    root = await anyio.to_thread.run_sync(
+                        agent_mps_root, self._config(), self._container_root
+                    )
+                    plans = plan_mps_daemons(self._state.resources, self._state.inventory, root)
+                    wanted = {p.resource: p for p in plans}
                 for name, (plan, scope, stopped) in list(running.items()):
                     if wanted.get(name) != plan:
                         why = (

@@ -277,10 +277,11 @@ async def test_a_daemon_that_cannot_start_is_retried_and_its_gpus_stay_unhealthy
     assert list(Daemon(mps_root).pipe.iterdir()) == []
 
 
-async def test_reloads_restart_changed_daemons_and_stop_unshared_ones(
+async def test_reloads_start_restart_and_stop_daemons(
     kubelet: KubeletSimulator, plugin_dir: Path, mps_root: Path, tmp_path: Path
 ) -> None:
     config_file = tmp_path / "config.yaml"
+    time_slicing = "  timeSlicing:\n    resources:\n      - name: nvidia.com/gpu\n        replicas: 4\n"
 
     def write(sharing: str) -> None:
         config_file.write_text(f"version: v1\nflags:\n  mpsRoot: {mps_root}\nsharing:\n{sharing}")
@@ -288,7 +289,9 @@ async def test_reloads_restart_changed_daemons_and_stop_unshared_ones(
     def mps(replicas: int) -> str:
         return f"  mps:\n    resources:\n      - name: nvidia.com/gpu\n        replicas: {replicas}\n"
 
-    write(mps(2))
+    # A node set up for MPS (an MPS root) that starts without it, as a node-label config
+    # switch would find it.
+    write(time_slicing)
     flags: dict[str, object] = {
         "config_file": str(config_file),
         "fake_gpus": "2",
@@ -298,22 +301,29 @@ async def test_reloads_restart_changed_daemons_and_stop_unshared_ones(
     cfg = load(flags, {}).config
     daemon = Daemon(mps_root)
     async with running_agent(cfg, open_backend(cfg), config_source=ConfigSource(flags)) as agent:
-        await eventually(lambda: daemon.started)
+        await kubelet.wait_registered(GPU_RESOURCE)
+        assert not daemon.dir.exists()
+        write(mps(2))
+        assert await agent.reload()
+        await eventually(lambda: daemon.started, what="a daemon once the resource is MPS-shared")
         first = daemon.pid()
         assert await daemon.ask("get_default_active_thread_percentage") == "50.0"
+        plugin = await kubelet.wait_registered(GPU_RESOURCE, count=2)
+        response = await kubelet.allocate(GPU_RESOURCE, [next(iter(plugin.devices))])
+        assert response.envs["CUDA_MPS_PIPE_DIRECTORY"] == "/mps/nvidia.com/gpu/pipe"
         write(mps(4))
         assert await agent.reload()
         await eventually(lambda: daemon.running_other_than(first), what="a daemon with the new limits")
         assert not alive(first)
         assert await daemon.ask("get_default_active_thread_percentage") == "25.0"
         second = daemon.pid()
-        write("  timeSlicing:\n    resources:\n      - name: nvidia.com/gpu\n        replicas: 4\n")
+        write(time_slicing)
         assert await agent.reload()
         await eventually(
             lambda: not alive(second), what="the daemon of a resource no longer MPS-shared stopped"
         )
         await eventually(lambda: not list(daemon.pipe.iterdir()))
-        plugin = await kubelet.wait_registered(GPU_RESOURCE, count=3)
+        plugin = await kubelet.wait_registered(GPU_RESOURCE, count=4)
         response = await kubelet.allocate(GPU_RESOURCE, [next(iter(plugin.devices))])
         assert "CUDA_MPS_PIPE_DIRECTORY" not in response.envs and response.mounts == []
 
