@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -127,7 +128,10 @@ async def main(kubelet_socket: str, count: int) -> None:
         while not stop.is_set() and identity(kubelet_socket) in (None, registered_with):  # noqa: ASYNC110
             await asyncio.sleep(RESTART_POLL_S)  # the kubelet is restarting: wait for its new socket
         server.close()
-        await server.wait_closed()
+        # On Python 3.12+ wait_closed also waits for every client connection to close, and the
+        # kubelet keeps its own open: bounded, as nvplugin bounds its own.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 0.05)
         if os.path.exists(path):
             os.unlink(path)
 

@@ -13,7 +13,7 @@ TASKS that applies, each run by the task guard (nvplugin.tasks.guarded) in one T
     fake-control     fault injection socket, fake GPUs only                  may end (socket taken)
     device-metrics   device gauges and transition counters from NodeState    restarts with backoff
     metrics-server   /metrics /healthz /readyz                               retries every minute
-    node-labels      labels and health Events through the Kubernetes API     restarts with backoff
+    node-labels      labels (Node, features file) and health Events          restarts with backoff
 
 Health transitions are published in one place, NodeState: the streams wake on its version, the
 device metrics follow it, and Node Events subscribe to it. Blocking calls (NVML, files) run in
@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
+from nvplugin.cdi import CdiDriverMissing, CdiSpecError
+from nvplugin.core.allocation import CDI_STRATEGIES, NodeDevices
 from nvplugin.core.config import Config, ConfigError
 from nvplugin.core.inventory import EMPTY_INVENTORY, Inventory
 from nvplugin.core.resources import Resource, plan_resources
@@ -179,9 +181,13 @@ class Agent:
             except ConfigError as exc:
                 raise AgentError(f"cannot advertise the GPUs with this configuration: {exc}") from None
             await anyio.to_thread.run_sync(self._check_kubelet_dir, resources)
-            control_nodes = await anyio.to_thread.run_sync(existing_control_nodes)
+            node = await anyio.to_thread.run_sync(self._node_devices)
+            try:
+                await self._write_cdi_spec(inventory, resources, self.config)
+            except CdiSpecError as exc:
+                raise AgentError(str(exc)) from None
             self.state.replace(inventory, resources)
-            self.kubelet = KubeletSide(self.config, self.state, self.metrics, control_nodes)
+            self.kubelet = KubeletSide(self.config, self.state, self.metrics, node)
             if self.nvml_ready and self.health_policy.watching:
                 self.health = HealthWatcher(self.nvml, self.state, self.health_policy, metrics=self.metrics)
             elif not self.nvml_ready:
@@ -267,6 +273,56 @@ class Agent:
             log.warning("no GPUs found: advertising zero devices (nothing will be scheduled here)")
         return inventory
 
+    def _node_devices(self) -> NodeDevices:
+        """Blocking (stats device nodes): what Allocate needs to know about the node."""
+        from nvplugin.imex import discover_imex_channels
+
+        try:
+            imex = discover_imex_channels(self.config)
+        except ConfigError as exc:
+            raise AgentError(str(exc), exit_code=2) from None
+        for warning in imex.warnings:
+            log.warning("IMEX: %s", warning)
+        return NodeDevices(control_nodes=existing_control_nodes(), imex_channels=imex.channels)
+
+    async def _write_cdi_spec(
+        self, inventory: Inventory, resources: tuple[Resource, ...], config: Config
+    ) -> None:
+        """Under a CDI device-list strategy, the spec every CDI name Allocate hands out resolves
+        in. Raises CdiSpecError (unwritable, no driver files to describe)."""
+        if not set(config.device_list_strategy) & CDI_STRATEGIES:
+            return
+        from nvplugin.cdi import options_from_config, write_specs
+
+        try:
+            options = options_from_config(config)
+        except ValueError as exc:  # an unknown CDI feature flag or hook name
+            raise AgentError(str(exc), exit_code=2) from None
+        try:
+            result = await anyio.to_thread.run_sync(write_specs, inventory, resources, options)
+        except CdiDriverMissing as exc:
+            if not self._is_fake():
+                raise
+            # Simulated GPUs on a machine without a driver: nothing real to describe.
+            log.warning("fake GPUs: no CDI spec written: %s", exc)
+            return
+        for warning in result.warnings:
+            log.warning("CDI spec: %s", warning)
+        for path in result.removed:
+            log.info("CDI spec: removed %s (no devices left in it)", path)
+        if result.path is not None:
+            log.info(
+                "CDI spec %s: %d device names%s",
+                result.path,
+                result.device_names,
+                "" if result.changed else " (already up to date)",
+            )
+
+    def _is_fake(self) -> bool:
+        from nvplugin.nvml.fake import FakeNvml
+
+        return isinstance(self.nvml, FakeNvml)
+
     def _check_kubelet_dir(self, resources: tuple[Resource, ...]) -> None:
         try:
             check_kubelet_dir(self.config, resources)
@@ -295,6 +351,8 @@ class Agent:
                 else EMPTY_INVENTORY
             )
             resources = _plan(inventory, config)
+            # Before the swap: a spec that cannot be written keeps the running configuration.
+            await self._write_cdi_spec(inventory, resources, config)
         except Exception as exc:
             log.error("reload: keeping the running configuration: %s", exc)
             return False
@@ -386,9 +444,7 @@ async def _serve_node_labels(agent: Agent) -> None:
 
 
 def _is_fake(agent: Agent) -> bool:
-    from nvplugin.nvml.fake import FakeNvml
-
-    return isinstance(agent.nvml, FakeNvml)
+    return agent._is_fake()
 
 
 def _kubelet(agent: Agent) -> KubeletSide:
@@ -432,7 +488,11 @@ TASKS: tuple[TaskSpec[Agent], ...] = (
         enabled=lambda a: a.config.metrics_address is not None,
         restart=Backoff(initial=60.0, cap=60.0),
     ),
-    TaskSpec("node-labels", _serve_node_labels, enabled=lambda a: a.config.labels),
+    TaskSpec(
+        "node-labels",
+        _serve_node_labels,
+        enabled=lambda a: a.config.labels or a.config.gfd_output_file is not None,
+    ),
 )
 
 

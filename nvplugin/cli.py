@@ -163,6 +163,8 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     source = ConfigSource(flags_from_args(args))
     if config.config_dir is not None:
         config = _initial_node_config(source, config)
+    if config.gfd_oneshot:
+        return _label_once(config)
     _check_fake_control(args, config)
     # NVML starts now, in a thread, while the agent's modules are imported below.
     early = EarlyStart(open_backend(config))
@@ -182,6 +184,35 @@ def _cmd_run(args: argparse.Namespace, config: Config) -> int:
     except AgentError as exc:
         _fatal(args, str(exc))
         return exc.exit_code
+    return EXIT_OK
+
+
+def _label_once(config: Config) -> int:
+    """GFD's --oneshot: label the node once and exit (no kubelet side). The labels go to
+    --output-file and, with --labels, to the Node; with neither, to stdout."""
+    from nvplugin.core.labels import feature_file
+    from nvplugin.nodelabels import label_node_once, labels_once, write_feature_file
+    from nvplugin.nvml.base import NvmlError
+
+    try:
+        labels = labels_once(config, warn=sys.stderr)
+    except NvmlError as exc:
+        log.error("cannot read the GPUs: %s", exc)
+        return EXIT_START_FAILED
+    if config.gfd_output_file is not None:
+        try:
+            write_feature_file(config.gfd_output_file, labels)
+        except OSError as exc:
+            log.error("cannot write the labels to %s: %s", config.gfd_output_file, exc.strerror or exc)
+            return EXIT_START_FAILED
+        log.info("labels written to %s", config.gfd_output_file)
+    if config.labels:
+        if not _run_async(lambda: label_node_once(config, labels)):
+            log.error("the Node did not take the labels within a minute (see the errors above)")
+            return EXIT_START_FAILED
+        log.info("labels written to the Node")
+    if config.gfd_output_file is None and not config.labels:
+        sys.stdout.write(feature_file(labels))
     return EXIT_OK
 
 
@@ -270,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fatal(args, str(exc), hint=f"Run 'nvplugin {args.command} --help' for the accepted values.")
         sys.exit(EXIT_USAGE)
     for warning in warnings:
-        log.warning("config file: %s", warning)
+        log.warning("%s", warning)
     args.health_policy = loaded.health
     try:
         code = args.handler(args, config)

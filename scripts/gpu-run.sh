@@ -15,8 +15,10 @@
 # Rules of that machine: never change MIG mode, clocks, power limit, compute or persistence mode,
 # never reset the GPU.
 set -u
-out=${OUT:-/tmp/nvplugin-gpu}
-mkdir -p "$out"
+# Everything is written under a work directory, then packed into one archive in $OUT (the call
+# brings back at most 8 files).
+out=/tmp/nvplugin-gpu
+rm -rf "$out"; mkdir -p "$out"
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(machine nvml labels doctor cdi mps sidebyside)
 source scripts/gpu-env.sh || exit 1
@@ -71,8 +73,12 @@ for stage in "${stages[@]}"; do
   mps)
     { step python3 scripts/gpu_mps_check.py --out "$out"; } >"$out/mps.txt" 2>&1 ;;
   sidebyside)
-    step timeout 500 bash scripts/gpu-sidebyside.sh "$out" >"$out/sidebyside-run.txt" 2>&1 ;;
+    step timeout 500 bash scripts/gpu-sidebyside.sh "$out/sidebyside" >"$out/sidebyside-run.txt" 2>&1 ;;
   *) echo "unknown stage $stage" >&2 ;;
   esac
+done
+mkdir -p "${OUT:-/tmp}"; tar czf "${OUT:-/tmp}/gpu-run.tar.gz" -C "$out" .
+for f in sidebyside/sidebyside.txt nvml-tests.txt; do
+  [ -f "$out/$f" ] && { echo "===== $f (tail)"; tail -n 60 "$out/$f"; }
 done
 echo "done: $(ls "$out")"

@@ -57,6 +57,8 @@ async def eventually(check: Callable[[], object], within: float = 5.0, what: str
 @contextlib.asynccontextmanager
 async def running_agent(config: Config, nvml: Nvml | None = None, **options: Any) -> AsyncIterator[Agent]:
     """The agent running in a task group of the test's loop; cancelled on exit."""
+    # Each agent its own fault-injection socket: agents of other test runs may hold the default.
+    options.setdefault("fake_control", f"{config.plugin_dir}-fake.sock")
     agent = Agent(config, nvml or fake_nvml(), handle_signals=False, **options)
     async with anyio.create_task_group() as tg:
         tg.start_soon(agent.run)

@@ -6,7 +6,7 @@ from nvplugin.core.allocation import (
     AllocationError,
     check_request,
     container_allocation,
-    preferred_allocation,
+    preferred_in_order,
 )
 from nvplugin.core.config import Config
 from nvplugin.core.inventory import Gpu, Inventory
@@ -57,12 +57,34 @@ def test_check_request_returns_devices_in_request_order() -> None:
 def test_check_request_names_every_problem() -> None:
     (resource,) = build_resources(inventory(), Config())
     with pytest.raises(AllocationError) as err:
-        check_request(resource, ["GPU-0", "GPU-x", "GPU-0", "GPU-0", "GPU-2", "GPU-y"], {"GPU-2": "XID 48"})
+        check_request(resource, ["GPU-0", "GPU-x", "GPU-0", "GPU-2", "GPU-y", "GPU-x"], {"GPU-2": "XID 48"})
     message = str(err.value)
     assert message == (
-        "nvidia.com/gpu: cannot allocate: unknown device IDs 'GPU-x', 'GPU-y' (not advertised by this "
-        "plugin); duplicate device IDs 'GPU-0'; unhealthy devices 'GPU-2' (XID 48)"
+        "nvidia.com/gpu: cannot allocate: 2 unknown device IDs (not advertised by this plugin): "
+        "'GPU-x', 'GPU-y'; 1 unhealthy device: 'GPU-2' (XID 48)"
     )
+
+
+def test_check_request_counts_duplicates_once_as_nvidia_does() -> None:
+    # NVIDIA's own test: `foo,bar,foo` gives NVIDIA_VISIBLE_DEVICES=foo,bar.
+    (resource,) = build_resources(inventory(), Config())
+    chosen = check_request(resource, ["GPU-2", "GPU-1", "GPU-2"], {})
+    assert [d.id for d in chosen] == ["GPU-2", "GPU-1"]
+    assert container_allocation(chosen, Config()).envs == {"NVIDIA_VISIBLE_DEVICES": "GPU-2,GPU-1"}
+
+
+def test_check_request_quotes_a_bounded_excerpt_of_any_request() -> None:
+    (resource,) = build_resources(inventory(), Config())
+    huge = "GPU-" + "a" * 262_144
+    many = [f"GPU-unknown-{i}" for i in range(10_000)]
+    with pytest.raises(AllocationError) as err:
+        check_request(resource, [huge, *many, "GPU-1"], {"GPU-1": "XID 79 " + "x" * 10})
+    message = str(err.value)
+    assert len(message) < 600
+    assert "10001 unknown device IDs" in message
+    assert f"'GPU-{'a' * 60}…' (262148 characters)" in message
+    assert "'GPU-unknown-0', 'GPU-unknown-1' and 9998 more" in message
+    assert "1 unhealthy device: 'GPU-1' (XID 79 xxxxxxxxxx)" in message
 
 
 def test_check_request_refuses_an_empty_request() -> None:
@@ -83,16 +105,22 @@ def test_envvar_strategy_by_uuid_and_by_index() -> None:
 @pytest.mark.parametrize(
     ("available", "must", "size", "expected"),
     [
-        (["a", "b", "c"], [], 2, ["a", "b"]),
-        (["a", "b", "c"], ["c"], 2, ["c", "a"]),
-        (["a", "b", "c"], ["c", "c"], 1, ["c"]),
-        (["a", "b"], [], 5, ["a", "b"]),
-        (["a", "a", "b"], [], 2, ["a", "b"]),
+        (["GPU-0", "GPU-1", "GPU-2"], [], 2, ["GPU-0", "GPU-1"]),
+        (["GPU-0", "GPU-1", "GPU-2"], ["GPU-2"], 2, ["GPU-2", "GPU-0"]),
+        (["GPU-0", "GPU-1", "GPU-2"], ["GPU-2", "GPU-2"], 1, ["GPU-2"]),
+        (["GPU-0", "GPU-1"], [], 5, ["GPU-0", "GPU-1"]),
+        (["GPU-0", "GPU-0", "GPU-1"], [], 2, ["GPU-0", "GPU-1"]),
         ([], [], 0, []),
-        (["a"], ["z"], 2, ["z", "a"]),
+        # Must-include IDs outside `available`, and unknown IDs anywhere, are ignored.
+        (["GPU-0"], ["GPU-3", "GPU-z"], 2, ["GPU-0"]),
+        (["GPU-z", "GPU-1"], [], 2, ["GPU-1"]),
+        # Never more than asked, whatever must_include holds.
+        (["GPU-0", "GPU-1", "GPU-2"], ["GPU-2", "GPU-1"], 1, ["GPU-2"]),
+        (["GPU-0", "GPU-1"], ["GPU-1"], -3, []),
     ],
 )
-def test_preferred_allocation_is_best_effort(
+def test_preferred_in_order_keeps_the_promises(
     available: list[str], must: list[str], size: int, expected: list[str]
 ) -> None:
-    assert preferred_allocation(available, must, size) == expected
+    (resource,) = build_resources(inventory(), Config())
+    assert preferred_in_order(resource, available, must, size) == expected

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nvplugin.core.allocation import preferred_allocation as simple_preferred_allocation
+from nvplugin.core.allocation import preferred_in_order
 from nvplugin.core.config import Config
 from nvplugin.core.placement import PACKED, _branch_and_bound, _max_weight_subset, preferred_allocation
 from nvplugin.core.resources import AdvertisedDevice, Resource, build_resources
@@ -73,19 +73,20 @@ def check(name: str, available: list[str], must: list[str], size: int, unhealthy
     # The kubelet may send junk too: unknown IDs and duplicates.
     noisy_available = [*available, "GPU-unknown", *available[:1]]
     answer = preferred_allocation(topology, resource, noisy_available, must, size, unhealthy=unhealthy)
-    must_once = list(dict.fromkeys(must))
+    offered = list(dict.fromkeys(available))
+    fixed = [m for m in dict.fromkeys(must) if m in offered][: max(size, 0)]
     assert len(answer) == len(set(answer)), "duplicates"
-    assert answer[: len(must_once)] == must_once, "must-include devices first"
-    picks = answer[len(must_once) :]
-    candidates = [a for a in dict.fromkeys(available) if a not in must_once and a not in unhealthy]
-    assert set(picks) <= set(candidates), "only available, known, healthy devices"
-    need = max(0, size - len(must_once))
-    assert len(picks) == min(need, len(candidates))
-    if need and candidates:
-        rest = [c for c in candidates if c not in picks]
-        assert objective(topology, must_once, picks, rest) == exhaustive_best(
-            topology, must_once, candidates, need
-        )
+    assert answer[: len(fixed)] == fixed, "available must-include devices first"
+    picks = answer[len(fixed) :]
+    candidates = [a for a in offered if a not in fixed]
+    healthy = [c for c in candidates if c not in unhealthy]
+    need = max(0, min(size - len(fixed), len(candidates)))
+    assert set(picks) <= set(candidates), "only available, known devices"
+    assert len(picks) == need
+    assert set(picks) <= set(healthy) or set(healthy) <= set(picks), "unhealthy ones only to fill up"
+    if 0 < need < len(healthy):
+        rest = [c for c in healthy if c not in picks]
+        assert objective(topology, fixed, picks, rest) == exhaustive_best(topology, fixed, healthy, need)
 
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -198,16 +199,19 @@ def test_short_supply_and_junk() -> None:
     name = "dgx1-v100-cube-mesh"
     topology, resource = node(name)
     ids = list(topology.gpus)
-    answer = preferred_allocation(
-        topology, resource, ["nope", ids[1], ids[1], ids[2]], [ids[0]], 8, unhealthy={ids[2]: "XID 48"}
-    )
-    assert answer == [ids[0], ids[1]]
+    sick = {ids[2]: "XID 48"}
+    junk = ["nope", ids[1], ids[1], ids[2], ids[3]]
+    # Short supply: every healthy one; an unhealthy one only to make up the count.
+    assert preferred_allocation(topology, resource, junk, [ids[1]], 2, unhealthy=sick) == [ids[1], ids[3]]
+    assert preferred_allocation(topology, resource, junk, [], 8, unhealthy=sick) == [ids[1], ids[3], ids[2]]
     assert preferred_allocation(topology, resource, [], [], 3) == []
     assert preferred_allocation(topology, resource, ids, [ids[5], ids[5]], 1) == [ids[5]]
     assert preferred_allocation(topology, resource, ids, [], 0) == []
     assert preferred_allocation(topology, resource, ids, [], -1) == []
-    # A must-include ID the plugin does not know is kept: the kubelet already chose it.
-    assert preferred_allocation(topology, resource, ids, ["ghost"], 2)[0] == "ghost"
+    # Must-include IDs outside `available`, or unknown, are ignored; never more than asked.
+    outside = preferred_allocation(topology, resource, ids[1:], ["ghost", ids[0]], 2)
+    assert len(outside) == 2 and set(outside) <= set(ids[1:])
+    assert preferred_allocation(topology, resource, ids, ids[:4], 2) == ids[:2]
 
 
 def test_a_gpu_missing_from_the_topology_still_serves() -> None:
@@ -231,7 +235,7 @@ def test_without_topology_it_matches_the_simple_policy() -> None:
     ids = [d.id for d in resource.devices]
     for size in range(10):
         assert preferred_allocation(None, resource, ids[::-1], ids[:1], size) == (
-            simple_preferred_allocation(ids[::-1], ids[:1], size)
+            preferred_in_order(resource, ids[::-1], ids[:1], size)
         )
 
 
@@ -298,10 +302,12 @@ def test_shared_requests_never_fail() -> None:
     ids = [d.id for d in resource.devices]
     for policy in ("distributed", PACKED, "unknown-policy"):
         for topo in (topology, None):
+            sick = {topology.gpus[1]: "lost"}
             answer = preferred_allocation(
-                topo, resource, [*ids, "junk"], [], 9, unhealthy={topology.gpus[1]: "lost"}, policy=policy
+                topo, resource, [*ids, "junk"], [], 3, unhealthy=sick, policy=policy
             )
-            assert sorted(answer) == sorted(ids[:2])
+            # GPU 0's two replicas, then one of the lost GPU's to make up the count.
+            assert answer[:2] == ids[:2] and answer[2] in ids[2:]
 
 
 def test_mig_devices_group_by_parent_gpu() -> None:

@@ -115,3 +115,38 @@ def test_a_lost_gpu_is_reported_not_hidden() -> None:
 
 def test_common_ancestor() -> None:
     assert real_nvml(scripted_pynvml({})).device_topology_common_ancestor(0, 1) == 20
+
+
+def fabric_pynvml(cluster: bytes, state: int) -> SimpleNamespace:
+    """The v1 fabric query, answered as the driver fills the real nvidia-ml-py struct."""
+    import ctypes
+
+    import pynvml
+
+    def query(handle: object, info: Any) -> int:
+        struct = info._obj
+        offset = type(struct).clusterUuid.offset
+        ctypes.memmove(ctypes.addressof(struct) + offset, cluster, 16)
+        struct.state = state
+        return 0
+
+    return SimpleNamespace(
+        NVMLError=NVMLError,
+        nvmlDeviceGetHandleByIndex=lambda index: f"handle{index}",
+        nvmlDeviceGetGpuFabricInfo=query,
+        c_nvmlGpuFabricInfo_t=pynvml.c_nvmlGpuFabricInfo_t,
+    )
+
+
+@pytest.mark.parametrize(
+    ("cluster", "expected"),
+    [
+        # A GPU with no fabric (the H200 test machine): the all-zero UUID, not a crash.
+        (b"\x00" * 16, "00000000-0000-0000-0000-000000000000"),
+        # A zero byte inside: ctypes would cut the field there.
+        (bytes.fromhex("0b1f0a547a2c4d8e9c00000000000001"), "0b1f0a54-7a2c-4d8e-9c00-000000000001"),
+    ],
+)
+def test_fabric_cluster_uuid_keeps_all_sixteen_bytes(cluster: bytes, expected: str) -> None:
+    info = real_nvml(fabric_pynvml(cluster, state=3)).device_fabric_info(0)
+    assert info.cluster_uuid == expected and info.state == 3

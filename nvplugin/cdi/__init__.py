@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from nvplugin.cdi.hostfacts import DriverNotFoundError, find_host_facts
 from nvplugin.core.cdi import OWNED_SPEC_FILES, CdiOptions, build_spec
+from nvplugin.core.config import Config
 from nvplugin.core.inventory import Inventory
 from nvplugin.core.resources import Resource
 
@@ -25,6 +26,11 @@ SPEC_FILE_MODE = 0o644
 
 class CdiSpecError(Exception):
     """The CDI spec could not be made or written; the message names the path and the fix."""
+
+
+class CdiDriverMissing(CdiSpecError):
+    """No driver files to describe under the driver root (a node, or simulated GPUs, without
+    the NVIDIA driver)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,22 @@ class CdiWriteResult:
     changed: bool
 
 
+def options_from_config(config: Config) -> CdiOptions:
+    """The agent's configuration as CDI options. The container driver root counts only where
+    it exists (NVIDIA's default /driver-root is a path inside its own container). ValueError
+    (CdiOptionsError) for an unknown feature flag or hook name."""
+    container_root = config.container_driver_root
+    return CdiOptions(
+        driver_root=config.nvidia_driver_root,
+        dev_root=config.dev_root,
+        container_driver_root=container_root if container_root and os.path.isdir(container_root) else None,
+        nvidia_cdi_hook_path=config.nvidia_cdi_hook_path,
+        spec_dir=config.cdi_spec_dir,
+        feature_flags=tuple(config.cdi_feature_flags),
+        disabled_hooks=tuple(config.cdi_disable_hooks),
+    )
+
+
 def write_specs(
     inventory: Inventory, resources: Sequence[Resource], options: CdiOptions, *, sysfs_root: str = "/sys"
 ) -> CdiWriteResult:
@@ -53,7 +75,7 @@ def write_specs(
     try:
         facts = find_host_facts(inventory, options, sysfs_root=sysfs_root)
     except DriverNotFoundError as exc:
-        raise CdiSpecError(f"cannot build the CDI spec: {exc}") from None
+        raise CdiDriverMissing(f"cannot build the CDI spec: {exc}") from None
     plan = build_spec(inventory, resources, options, facts)
     assert plan.spec is not None  # there are devices
     written, removed = save_spec_files(options.spec_dir, {plan.spec.file_name: plan.spec.to_json()})

@@ -12,15 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, TextIO
 
 from nvplugin.core.config import ConfigError
-from nvplugin.core.labels import feature_file, valid_only
-from nvplugin.core.resources import plan_resources
+from nvplugin.core.labels import feature_file
 from nvplugin.nvml.base import NvmlError
 
 
@@ -45,20 +42,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Write through a temporary file and a rename, so NFD never reads half a file."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent or ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def compute_labels(
     flags: Mapping[str, object],
     env: Mapping[str, str],
@@ -70,47 +53,13 @@ def compute_labels(
     """The labels for this node under the configuration `flags` and `env` (and the config file
     they name). Raises ConfigError or NvmlError (and LayoutError)."""
     from nvplugin.configload import load
-    from nvplugin.nodelabels import read_snapshot, snapshot_labels
-    from nvplugin.nvml import open_backend
-    from nvplugin.nvml.discovery import discover
+    from nvplugin.nodelabels import labels_once
 
     warn = warn or sys.stderr
     loaded = load(flags, env)
     for warning in loaded.warnings:
-        print(f"warning: config file: {warning}", file=warn)
-    config = loaded.config
-    nvml = open_backend(config)
-    nvml.init()
-    try:
-        inventory = discover(nvml)
-        try:
-            plan = plan_resources(inventory, config)
-            resources = plan.resources
-            for warning in plan.warnings:
-                print(f"warning: {warning}", file=warn)
-        except ConfigError as exc:
-            # The device plugin refuses this layout; GFD still labels it (MIG-INVALID), so do we.
-            print(f"warning: {exc}", file=warn)
-            resources = ()
-        snapshot = read_snapshot(
-            nvml,
-            inventory,
-            resources,
-            config,
-            timestamp=timestamp and not config.gfd_no_timestamp,
-            clock=clock,
-        )
-    finally:
-        try:
-            nvml.shutdown()
-        except NvmlError as exc:
-            print(f"warning: NVML shutdown failed: {exc}", file=warn)
-    for problem in inventory.problems:
-        print(f"warning: {problem}", file=warn)
-    good, bad = valid_only(snapshot_labels(snapshot))
-    for item in bad:
-        print(f"warning: left out {item}: not a valid Kubernetes label value", file=warn)
-    return good
+        print(f"warning: {warning}", file=warn)
+    return labels_once(loaded.config, timestamp=timestamp, clock=clock, warn=warn)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,8 +77,10 @@ def run(args: argparse.Namespace) -> int:
     text = feature_file(labels)
     sys.stdout.write(text)
     if args.output_file:
+        from nvplugin.nodelabels import write_feature_file
+
         try:
-            write_atomically(args.output_file, text)
+            write_feature_file(args.output_file, labels)
         except OSError as exc:
             print(f"error: cannot write {args.output_file}: {exc.strerror or exc}", file=sys.stderr)
             return 1

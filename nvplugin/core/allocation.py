@@ -1,7 +1,8 @@
 """Allocate and GetPreferredAllocation decisions, as pure functions.
 
 The server turns the results into protobuf messages; errors become INVALID_ARGUMENT with the
-message unchanged, so it must name every offending ID and say why.
+message unchanged, so it names the offending IDs (a bounded excerpt: see core.excerpt) and
+says why.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nvplugin.core.config import Config, SharingStrategy
+from nvplugin.core.excerpt import QUOTED_VALUES, counted, excerpt, listed, quote_some
 from nvplugin.core.imex import IMEX_CHANNELS_ENV, ImexChannel
 from nvplugin.core.mps import CONTAINER_MPS_ROOT, PIPE_DIRECTORY_ENV, SHM_CONTAINER_PATH, MpsRoot
 from nvplugin.core.resources import AdvertisedDevice, Resource, unhealthy_reason
@@ -58,37 +60,33 @@ class ContainerAllocation:
     cdi_devices: tuple[str, ...] = ()
 
 
-def _quoted(ids: Sequence[str]) -> str:
-    return ", ".join(repr(i) for i in ids)
-
-
 def check_request(
     resource: Resource, ids: Sequence[str], unhealthy: Mapping[str, str]
 ) -> tuple[AdvertisedDevice, ...]:
-    """The devices a container asked for, or AllocationError naming every bad ID."""
+    """The devices a container asked for, each once in request order, or AllocationError
+    naming what is wrong.
+
+    Duplicate IDs count once, as NVIDIA's plugin does (`foo,bar,foo` gives `foo,bar`).
+    The message quotes a few bad IDs, each cut short, and counts the rest: a request of any
+    size gets an answer of bounded size.
+    """
     if not ids:
         raise AllocationError(f"{resource.name}: the request names no device IDs")
-    seen: set[str] = set()
-    duplicates: list[str] = []
     unknown: list[str] = []
-    sick: list[str] = []
+    sick: list[tuple[str, str]] = []  # (ID, reason)
     chosen: list[AdvertisedDevice] = []
-    for device_id in ids:
-        if device_id in seen:
-            if device_id not in duplicates:
-                duplicates.append(device_id)
-            continue
-        seen.add(device_id)
+    for device_id in dict.fromkeys(ids):
         device = resource.device(device_id)
         if device is None:
             unknown.append(device_id)
             continue
         reason = unhealthy_reason(device, unhealthy)
         if reason is not None:
-            sick.append(f"{device_id!r} ({reason})")
+            sick.append((device_id, reason))
             continue
         chosen.append(device)
     problems = []
+    # NVIDIA counts the IDs as sent, duplicates included.
     if resource.fail_requests_greater_than_one and len(ids) > 1 and any("::" in i for i in ids):
         section = "mps" if resource.sharing_strategy is SharingStrategy.MPS else "timeSlicing"
         problems.append(
@@ -96,11 +94,13 @@ def check_request(
             f"(sharing.{section}.failRequestsGreaterThanOne is true)"
         )
     if unknown:
-        problems.append(f"unknown device IDs {_quoted(unknown)} (not advertised by this plugin)")
-    if duplicates:
-        problems.append(f"duplicate device IDs {_quoted(duplicates)}")
+        problems.append(
+            f"{counted(len(unknown), 'unknown device ID')} (not advertised by this plugin): "
+            + quote_some(unknown)
+        )
     if sick:
-        problems.append(f"unhealthy devices {', '.join(sick)}")
+        shown = [f"{excerpt(i)} ({reason})" for i, reason in sick[:QUOTED_VALUES]]
+        problems.append(f"{counted(len(sick), 'unhealthy device')}: {listed(shown, len(sick))}")
     if problems:
         raise AllocationError(f"{resource.name}: cannot allocate: " + "; ".join(problems))
     return tuple(chosen)
@@ -135,6 +135,19 @@ def device_specs(
     paths = [p for p in CONTROL_NODES if p in present]
     paths.extend(node for device in devices for node in device.device_nodes)
     return tuple(DeviceSpec(container_path=p, host_path=host_path(root, p)) for p in dict.fromkeys(paths))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDevices:
+    """What Allocate needs to know about the node beyond the GPUs, found once at start: the
+    NVIDIA control device nodes present (None: all of them) and the configured IMEX channels
+    found (core.imex.select_imex_channels)."""
+
+    control_nodes: Collection[str] | None = None
+    imex_channels: tuple[ImexChannel, ...] = ()
+
+
+NO_NODE_DEVICES = NodeDevices()
 
 
 def container_allocation(
@@ -228,23 +241,50 @@ def enabled_feature_modes(config: Config) -> tuple[str, ...]:
     return tuple(mode for mode, on in enabled.items() if on)
 
 
-def preferred_allocation(available: Sequence[str], must_include: Sequence[str], size: int) -> list[str]:
-    """A best-effort choice of `size` IDs: every must-include ID, then available ones in order.
+@dataclass(frozen=True, slots=True)
+class PreferenceRequest:
+    """One GetPreferredAllocation container request, reduced to what an answer may hold.
 
-    Never fails: IDs are de-duplicated, must-include IDs not in `available` are still kept
-    (the kubelet already committed to them), and a short supply returns what there is.
+    The answer is a hint (the kubelet fills or trims it) and an error fails pod admission, so
+    every request gets one, and every answer keeps the same promises: only IDs from
+    `available` that this plugin advertises, each once; the must-include ones among them
+    first; exactly `size` IDs when there are that many, never more. IDs outside `available`
+    or unknown to the plugin are ignored wherever they appear.
     """
-    chosen = list(dict.fromkeys(must_include))
-    if size <= len(chosen):
-        return chosen
-    taken = set(chosen)
-    for device_id in available:
-        if len(chosen) >= size:
-            break
-        if device_id not in taken:
-            taken.add(device_id)
-            chosen.append(device_id)
-    return chosen
+
+    # must_include ∩ available, known, once each, in request order, at most `size`.
+    fixed: tuple[AdvertisedDevice, ...]
+    # The rest of `available`: known, not fixed, once each, in request order.
+    candidates: tuple[AdvertisedDevice, ...]
+    # How many candidates the answer adds: never more than there are.
+    need: int
+
+    def answer(self, picks: Sequence[AdvertisedDevice]) -> list[str]:
+        return [d.id for d in self.fixed] + [d.id for d in picks[: self.need]]
+
+
+def preference_request(
+    resource: Resource, available: Sequence[str], must_include: Sequence[str], size: int
+) -> PreferenceRequest:
+    offered: dict[str, AdvertisedDevice] = {}
+    for device_id in dict.fromkeys(available):
+        device = resource.device(device_id)
+        if device is not None:
+            offered[device_id] = device
+    fixed = [offered[i] for i in dict.fromkeys(must_include) if i in offered][: max(size, 0)]
+    fixed_ids = {d.id for d in fixed}
+    candidates = tuple(d for i, d in offered.items() if i not in fixed_ids)
+    need = max(0, min(size - len(fixed), len(candidates)))
+    return PreferenceRequest(tuple(fixed), candidates, need)
+
+
+def preferred_in_order(
+    resource: Resource, available: Sequence[str], must_include: Sequence[str], size: int
+) -> list[str]:
+    """The plainest answer keeping PreferenceRequest's promises: must-include IDs, then
+    available ones in the kubelet's order."""
+    request = preference_request(resource, available, must_include, size)
+    return request.answer(request.candidates)
 
 
 def preferred_shared_allocation(
@@ -260,40 +300,33 @@ def preferred_shared_allocation(
     that the policy ranks best: `distributed` prefers the device with the fewest replicas
     allocated (taken by other containers or already chosen), `packed` the most; ties go to
     the device picked from least in this request, then to inventory order (NVIDIA's heap order
-    is arbitrary there). Never fails: a short supply returns what there is.
+    is arbitrary there). Keeps PreferenceRequest's promises.
     """
-    chosen = list(dict.fromkeys(must_include))
-    needed = size - len(chosen)
-    if needed <= 0:
-        return chosen
-    taken = set(chosen)
-    groups: dict[str, list[str]] = {}
-    for device_id in dict.fromkeys(available):
-        device = resource.device(device_id)
-        if device is not None and device_id not in taken:
-            groups.setdefault(device.uuid, []).append(device_id)
+    request = preference_request(resource, available, must_include, size)
+    groups: dict[str, list[AdvertisedDevice]] = {}
+    for device in request.candidates:
+        groups.setdefault(device.uuid, []).append(device)
     order: dict[str, int] = {}
     total: dict[str, int] = {}
     for device in resource.devices:
         order.setdefault(device.uuid, len(order))
         total[device.uuid] = total.get(device.uuid, 0) + 1
-    free = {key: len(ids) for key, ids in groups.items()}
+    free = {key: len(devices) for key, devices in groups.items()}
     picked: dict[str, int] = dict.fromkeys(groups, 0)
-    for device_id in chosen:
-        device = resource.device(device_id)
-        if device is not None and device.uuid in picked:
+    for device in request.fixed:
+        if device.uuid in picked:
             picked[device.uuid] += 1
     sign = -1 if policy == "packed" else 1
 
     def rank(key: str) -> tuple[int, int, int]:
         return (sign * (total[key] - free[key]), picked[key], order[key])
 
-    while needed > 0 and groups:
+    picks: list[AdvertisedDevice] = []
+    while len(picks) < request.need:
         best = min(groups, key=rank)
-        chosen.append(groups[best].pop(0))
+        picks.append(groups[best].pop(0))
         free[best] -= 1
         picked[best] += 1
-        needed -= 1
         if not groups[best]:
             del groups[best]
-    return chosen
+    return request.answer(picks)

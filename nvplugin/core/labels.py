@@ -592,13 +592,15 @@ def label_diff(
     timestamp: str | None = None,
     owned: Callable[[str], bool] = is_owned_key,
     keep: Callable[[str], bool] = keep_nothing,
+    refresh_timestamp: bool = False,
 ) -> dict[str, str | None]:
     """The JSON merge patch of metadata.labels that makes `actual` carry `desired`: changed or
     missing keys with their value, owned keys no longer desired with None (delete). Keys `keep`
     accepts (DesiredLabels.keep: their true value is unknown now) are neither changed nor
     deleted; keys not owned are never deleted. The timestamp is not compared: it is written (as
-    `timestamp`) only when something else changes or when it is missing, so a steady node sees
-    no writes; with `timestamp` None an existing timestamp label is removed."""
+    `timestamp`) only when something else changes, when it is missing, or when the relabel
+    period asks for it (`refresh_timestamp`); with `timestamp` None an existing timestamp label
+    is removed."""
     changes: dict[str, str | None] = {
         k: v for k, v in desired.items() if k != TIMESTAMP_LABEL and actual.get(k) != v and not keep(k)
     }
@@ -608,6 +610,6 @@ def label_diff(
     if timestamp is None:
         if TIMESTAMP_LABEL in actual:
             changes[TIMESTAMP_LABEL] = None
-    elif changes or TIMESTAMP_LABEL not in actual:
+    elif changes or refresh_timestamp or TIMESTAMP_LABEL not in actual:
         changes[TIMESTAMP_LABEL] = timestamp
     return changes

@@ -11,11 +11,11 @@ Shared devices (time-slicing replicas, MIG devices) live on physical GPUs: they 
 over or packed onto GPUs per the shared-devices policy, preferring GPUs well linked to those
 the request already uses.
 
-The answer is a hint the kubelet may adjust, and an error fails pod admission, so this never
-raises for a request it can partly satisfy: unknown and unhealthy IDs in `available` are
-skipped, a short supply gives the best partial answer, a GPU missing from the topology just
-scores nothing. Every answer lists the must-include IDs first, then IDs from `available`,
-each once.
+The answer is a hint the kubelet may adjust, and an error fails pod admission, so every
+request gets one that keeps core.allocation.PreferenceRequest's promises: only known IDs from
+`available`, each once, the must-include ones among them first, exactly the requested number
+when there are that many, never more. Unhealthy devices are picked only to make up that
+number; a GPU missing from the topology just scores nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from itertools import combinations
 
+from nvplugin.core.allocation import preference_request, preferred_shared_allocation
 from nvplugin.core.resources import AdvertisedDevice, Resource, unhealthy_reason
 from nvplugin.core.topology import Topology
 
@@ -49,29 +50,43 @@ def preferred_allocation(
     policy: str = DISTRIBUTED,
 ) -> list[str]:
     """The preferred device IDs for one container request (see the module docstring)."""
-    chosen = list(dict.fromkeys(must_include))
-    if size <= len(chosen):
-        return chosen
-    taken = set(chosen)
-    candidates: list[AdvertisedDevice] = []
-    for device_id in dict.fromkeys(available):
-        if device_id in taken:
-            continue
-        device = resource.device(device_id)
-        if device is None or unhealthy_reason(device, unhealthy) is not None:
-            continue
-        candidates.append(device)
-    need = size - len(chosen)
-    if need >= len(candidates):
-        return chosen + [d.id for d in candidates]
-    fixed = [d for d in map(resource.device, chosen) if d is not None]
-    if any(_is_shared(d) for d in (*candidates, *fixed)):
-        picks = _shared_devices(topology, resource, fixed, candidates, need, policy)
+    request = preference_request(resource, available, must_include, size)
+    need = request.need
+    healthy = [d for d in request.candidates if unhealthy_reason(d, unhealthy) is None]
+    if need >= len(healthy):
+        # Unhealthy ones only to make up the count: the kubelet, which still lists them as
+        # available, would have to take them anyway.
+        sick = [d for d in request.candidates if unhealthy_reason(d, unhealthy) is not None]
+        return request.answer([*healthy, *sick])
+    fixed = request.fixed
+    if any(_is_shared(d) for d in (*healthy, *fixed)):
+        picks = _shared_devices(topology, resource, fixed, healthy, need, policy)
     elif topology is None:
-        picks = candidates[:need]
+        picks = healthy[:need]
     else:
-        picks = _best_gpus(topology, fixed, candidates, need)
-    return chosen + [d.id for d in picks]
+        picks = _best_gpus(topology, fixed, healthy, need)
+    return request.answer(picks)
+
+
+def preferred_devices(
+    topology: Topology | None,
+    resource: Resource,
+    available: Sequence[str],
+    must_include: Sequence[str],
+    size: int,
+    *,
+    unhealthy: Mapping[str, str] = _NO_MARKS,
+    policy: str = DISTRIBUTED,
+) -> list[str]:
+    """GetPreferredAllocation's answer for one container request of `resource`: NVIDIA's
+    greedy choice among time-sliced replicas (for parity), else the topology-aware choice
+    (full GPUs by NVLink/PCIe/NUMA; MIG devices spread or packed over their GPUs). Both keep
+    PreferenceRequest's promises."""
+    if resource.replicas > 1:
+        return preferred_shared_allocation(resource, available, must_include, size, policy)
+    return preferred_allocation(
+        topology, resource, available, must_include, size, unhealthy=unhealthy, policy=policy
+    )
 
 
 def _is_shared(device: AdvertisedDevice) -> bool:

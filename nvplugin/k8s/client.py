@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
@@ -99,15 +100,46 @@ async def _lines(call: str, content: Any) -> AsyncIterator[bytes]:
             raise ApiError(call, 0, f"a watch event longer than {MAX_WATCH_LINE} bytes")
 
 
+class RateLimit:
+    """client-go's token bucket (NVIDIA's --kube-api-qps / --kube-api-burst): up to `burst`
+    requests at once, then `qps` a second. Every request of the agent takes a token first."""
+
+    def __init__(self, qps: float, burst: int, clock: Any = time.monotonic) -> None:
+        self.qps = qps
+        self.burst = max(1, burst)
+        self._tokens = float(self.burst)
+        self._clock = clock
+        self._last = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._last) * self.qps)
+        self._last = now
+
+    async def take(self) -> None:
+        self._refill()
+        while self._tokens < 1.0 - 1e-9:  # (float sums of refills)
+            await anyio.sleep((1.0 - self._tokens) / self.qps)
+            self._refill()
+        self._tokens -= 1.0
+
+
 class NodeApi:
     """Node get/list/watch/patch and Event create/patch for one agent."""
 
-    def __init__(self, api_client: Any, own_client: bool = True, request_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        api_client: Any,
+        own_client: bool = True,
+        request_timeout: float = 30.0,
+        rate_limit: RateLimit | None = None,
+    ) -> None:
         from kubernetes_asyncio import client
 
         # Every request is abandoned after this long without its answer (a watch: without the
         # start of its answer): a hung API server must not stall the labels forever.
         self.request_timeout = request_timeout
+        self._rate_limit = rate_limit
         self._api_client = api_client
         self._core = client.CoreV1Api(api_client)
         self._own_client = own_client
@@ -115,7 +147,12 @@ class NodeApi:
 
     @classmethod
     async def connect(
-        cls, kubeconfig: str | None = None, *, pool_size: int = 4, request_timeout: float = 30.0
+        cls,
+        kubeconfig: str | None = None,
+        *,
+        pool_size: int = 4,
+        request_timeout: float = 30.0,
+        rate_limit: RateLimit | None = None,
     ) -> NodeApi:
         """In-cluster config when running in a pod (KUBERNETES_SERVICE_HOST is set) and no
         kubeconfig is named; else the kubeconfig (the named file, $KUBECONFIG or
@@ -138,7 +175,7 @@ class NodeApi:
                 f"no in-cluster service account and no usable kubeconfig at {where}: {exc}",
             ) from None
         configuration.connection_pool_maxsize = pool_size
-        return cls(client.ApiClient(configuration), request_timeout=request_timeout)
+        return cls(client.ApiClient(configuration), request_timeout=request_timeout, rate_limit=rate_limit)
 
     async def close(self) -> None:
         if self._own_client:
@@ -146,6 +183,8 @@ class NodeApi:
 
     async def _json(self, call: str, method: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one request within the request timeout; the decoded 2xx answer, or ApiError."""
+        if self._rate_limit is not None:
+            await self._rate_limit.take()
         self.requests += 1
         try:
             with anyio.fail_after(self.request_timeout):
@@ -196,6 +235,8 @@ class NodeApi:
         answer must start within the request timeout; then a silence of `read_timeout`
         seconds is a dead connection."""
         call = "watch node"
+        if self._rate_limit is not None:
+            await self._rate_limit.take()
         self.requests += 1
         try:
             with anyio.fail_after(self.request_timeout):

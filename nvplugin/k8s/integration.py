@@ -21,6 +21,7 @@ from typing import Literal
 import anyio
 
 from nvplugin.core.labels import DesiredLabels
+from nvplugin.k8s.client import RateLimit
 from nvplugin.k8s.events import NodeEventPublisher
 from nvplugin.k8s.nodeconfig import DEFAULT_FALLBACKS, NodeConfigSwitcher, ReloadCallback
 from nvplugin.k8s.reconciler import NodeLabelReconciler
@@ -65,6 +66,7 @@ class NodeIntegration:
         metrics: Metrics = NULL_METRICS,
         request_timeout: float = 30.0,
         retry: RetryPolicy = DEFAULT_RETRY,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.config_switcher: NodeConfigSwitcher | None = None
         if config_dir is not None:
@@ -83,6 +85,7 @@ class NodeIntegration:
             node_name,
             kubeconfig=kubeconfig,
             request_timeout=request_timeout,
+            rate_limit=rate_limit,
             timestamp=timestamp,
             on_node_labels=self.config_switcher.observe if self.config_switcher else None,
             metrics=metrics,
@@ -100,6 +103,9 @@ class NodeIntegration:
         """The labels to set, and the keys to leave as the Node has them (their true value is
         unknown right now, e.g. nvidia.com/gpu.present while NVML fails)."""
         self.labels.set_desired(desired.labels, desired.keep)
+
+    def refresh_timestamp(self) -> None:
+        self.labels.refresh_timestamp()
 
     def publish_health_event(self, uuid: str, xid: int | None, reason: str, healthy: bool) -> None:
         self.events.publish_health_event(uuid, xid, reason, healthy)

@@ -24,8 +24,8 @@ from typing import Any
 
 import anyio
 
-from nvplugin.core.labels import is_owned_key, keep_nothing, label_diff, valid_only
-from nvplugin.k8s.client import ApiError, NodeApi
+from nvplugin.core.labels import TIMESTAMP_LABEL, is_owned_key, keep_nothing, label_diff, valid_only
+from nvplugin.k8s.client import ApiError, NodeApi, RateLimit
 from nvplugin.k8s.flag import Flag
 from nvplugin.k8s.retry import DEFAULT_RETRY, NOT_APPLIED, WATCH_ENDED, Retrier, RetryPolicy
 from nvplugin.observability import NULL_METRICS, Metrics
@@ -61,6 +61,7 @@ class NodeLabelReconciler:
         *,
         kubeconfig: str | None = None,
         request_timeout: float = 30.0,
+        rate_limit: RateLimit | None = None,
         connect: Callable[[], Awaitable[NodeApi]] | None = None,
         timestamp: bool = True,
         owned: Callable[[str], bool] = is_owned_key,
@@ -77,7 +78,9 @@ class NodeLabelReconciler:
                 "or pass --node-name"
             )
         self.node_name = node_name
-        self._connect = connect or (lambda: NodeApi.connect(kubeconfig, request_timeout=request_timeout))
+        self._connect = connect or (
+            lambda: NodeApi.connect(kubeconfig, request_timeout=request_timeout, rate_limit=rate_limit)
+        )
         self._timestamp = timestamp
         self._owned = owned
         self._on_node_labels = on_node_labels
@@ -89,6 +92,8 @@ class NodeLabelReconciler:
         self._patch_retry = Retrier(retry, self._rng, metrics)
         self._desired: dict[str, str] = {}
         self._keep: Callable[[str], bool] = keep_nothing
+        # The relabel period asked for a fresh timestamp (GFD's --sleep-interval).
+        self._refresh_timestamp = False
         # Nothing is written before the agent has said what it wants: an empty start must not
         # wipe the labels a previous run left (they stay until the first set_desired).
         self._desired_known = False
@@ -132,6 +137,14 @@ class NodeLabelReconciler:
             self._synced.clear()
             self._dirty.set()
 
+    def refresh_timestamp(self) -> None:
+        """Write a fresh nvidia.com/gfd.timestamp with the next patch, even if nothing else
+        changed (GFD's relabel period). Nothing when timestamps are off."""
+        if self._timestamp and not self._refresh_timestamp:
+            self._refresh_timestamp = True
+            self._synced.clear()
+            self._dirty.set()
+
     @property
     def desired(self) -> Mapping[str, str]:
         return dict(self._desired)
@@ -169,7 +182,14 @@ class NodeLabelReconciler:
         if not self._desired_known:
             return {}
         stamp = str(int(self._clock())) if self._timestamp else None
-        return label_diff(self._desired, actual, timestamp=stamp, owned=self._owned, keep=self._keep)
+        return label_diff(
+            self._desired,
+            actual,
+            timestamp=stamp,
+            owned=self._owned,
+            keep=self._keep,
+            refresh_timestamp=self._refresh_timestamp,
+        )
 
     def _log_error(self, what: str, exc: BaseException | str, delay: float) -> None:
         text = f"{what}: {exc}"
@@ -311,7 +331,9 @@ class NodeLabelReconciler:
                 await anyio.sleep(delay)
                 self._dirty.set()
                 continue
-            log.info(
+            self._refresh_timestamp = False
+            log.log(
+                logging.DEBUG if changes.keys() == {TIMESTAMP_LABEL} else logging.INFO,
                 "node %s: labels applied (%d set, %d removed)",
                 self.node_name,
                 sum(v is not None for v in changes.values()),

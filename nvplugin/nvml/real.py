@@ -188,7 +188,7 @@ class RealNvml:
                     continue  # a driver without this version of the call
                 raise
             return FabricInfo(
-                cluster_uuid=str(uuid.UUID(bytes=bytes(info.clusterUuid))),
+                cluster_uuid=str(uuid.UUID(bytes=_raw_field(info, "clusterUuid", 16))),
                 clique_id=int(info.cliqueId),
                 state=int(info.state),
                 status=int(info.status),
@@ -495,3 +495,11 @@ class _RealMig:
                 continue  # a profile this GPU or driver does not know
             by_id[int(info.id)] = _GI_PROFILE_ATTRIBUTES.get(profile_index, ((), False))
         return by_id
+
+
+def _raw_field(struct: ctypes.Structure, name: str, size: int) -> bytes:
+    """A char-array field's bytes as stored: ctypes reads such a field as a string ending at the
+    first NUL, so a UUID with a zero byte (or the all-zero UUID of a GPU with no fabric) would
+    come back short."""
+    offset = getattr(type(struct), name).offset
+    return ctypes.string_at(ctypes.addressof(struct) + offset, size)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 
+from nvplugin.core.allocation import NO_NODE_DEVICES, NodeDevices
 from nvplugin.core.config import Config
 from nvplugin.core.resources import Resource
 from nvplugin.observability import Metrics
@@ -145,12 +146,12 @@ class KubeletSide:
         config: Config,
         state: NodeState,
         metrics: Metrics,
-        control_nodes: frozenset[str] | None = None,
+        node: NodeDevices = NO_NODE_DEVICES,
     ) -> None:
         self.config = config
         self._state = state
         self._metrics = metrics
-        self._control_nodes = control_nodes
+        self._node = node
         self.generation = 0
         self.servers: list[PluginServer] = []
         # resource name -> registered with the kubelet in the current generation
@@ -222,7 +223,7 @@ class KubeletSide:
                 resource,
                 self._state,
                 config,
-                self._control_nodes,
+                self._node,
                 metrics=self._metrics,
                 on_stream_lost=self._on_stream_lost,
             )

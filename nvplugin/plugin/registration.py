@@ -11,6 +11,7 @@ from grpclib.client import Channel
 from grpclib.exceptions import ProtocolError, StreamTerminatedError
 
 from nvplugin.api import v1beta1 as api
+from nvplugin.core.excerpt import clip
 from nvplugin.plugin.server import PLUGIN_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,12 @@ async def register_once(kubelet_socket: str, endpoint: str, resource_name: str, 
             timeout=timeout,
         )
     except GRPCError as exc:
+        # The kubelet's words, cut short: they are logged at every retry.
         raise RegistrationFailed(
-            f"the kubelet refused {resource_name}: {exc.message or exc.status.name}"
+            f"the kubelet refused {resource_name}: {clip(exc.message or exc.status.name)}"
         ) from None
     except (OSError, TimeoutError, StreamTerminatedError, ProtocolError) as exc:
-        raise RegistrationFailed(f"cannot reach the kubelet at {kubelet_socket}: {exc}") from None
+        raise RegistrationFailed(f"cannot reach the kubelet at {kubelet_socket}: {clip(str(exc))}") from None
     finally:
         channel.close()
 

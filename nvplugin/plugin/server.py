@@ -15,31 +15,44 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.server import Server
 
 from nvplugin.api import v1beta1 as api
 from nvplugin.core.allocation import (
+    NO_NODE_DEVICES,
     AllocationError,
     ContainerAllocation,
+    NodeDevices,
     check_request,
     container_allocation,
-    preferred_allocation,
-    preferred_shared_allocation,
+    preferred_in_order,
 )
 from nvplugin.core.config import Config
 from nvplugin.core.mps import is_mps_shared
-from nvplugin.core.placement import preferred_allocation as topology_preferred_allocation
+from nvplugin.core.placement import preferred_devices
 from nvplugin.core.resources import Resource
 from nvplugin.core.wire import encode_list_and_watch
 from nvplugin.observability import NULL_METRICS, Metrics
+from nvplugin.plugin.guard import GuardedServable
+from nvplugin.plugin.strictproto import Limits
 from nvplugin.state import NodeState
 
 log = logging.getLogger(__name__)
 
 # Sent identically in Register and GetDevicePluginOptions: the kubelet trusts the latter.
 PLUGIN_OPTIONS = api.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
+
+# Bounds on a request, checked while it is decoded (INVALID_ARGUMENT past them), so neither
+# the work nor the answer grows with what a peer sends. The kubelet sends one container
+# request per Allocate and GetPreferredAllocation call (the API allows more). No list of
+# device IDs it sends can be longer than the device list it can receive in one ListAndWatch
+# answer (its 4 MiB receive limit: about 67,000 devices).
+MAX_CONTAINER_REQUESTS = 128
+MAX_DEVICE_IDS = 100_000
+REQUEST_LIMITS = Limits(messages=MAX_CONTAINER_REQUESTS, values=MAX_DEVICE_IDS)
 
 _socket_counter = itertools.count()
 # Every socket nvplugin creates in the kubelet's directory starts with this (stale ones are
@@ -94,7 +107,7 @@ class DevicePluginServicer(api.DevicePluginBase):
         resource_name: str,
         state: NodeState,
         config: Config,
-        existing_control_nodes: frozenset[str] | None = None,
+        node: NodeDevices = NO_NODE_DEVICES,
         *,
         metrics: Metrics = NULL_METRICS,
         on_stream_lost: Callable[[], None] | None = None,
@@ -102,7 +115,7 @@ class DevicePluginServicer(api.DevicePluginBase):
         self.resource_name = resource_name
         self._state = state
         self._config = config
-        self._control_nodes = existing_control_nodes
+        self._node = node
         self._metrics = metrics
         # Called when a stream ends while we still serve: the kubelet went away (restarting?).
         self._on_stream_lost = on_stream_lost
@@ -164,64 +177,59 @@ class DevicePluginServicer(api.DevicePluginBase):
     async def get_preferred_allocation(
         self, message: api.PreferredAllocationRequest
     ) -> api.PreferredAllocationResponse:
-        # A hint only, and an error fails pod admission: always answer.
+        # A hint only, and an error fails pod admission: every request the kubelet can send
+        # gets an answer (core.allocation.PreferenceRequest says what it promises).
         started = anyio.current_time()
-        resource = self._resource()
-        response = api.PreferredAllocationResponse(
-            container_responses=[
+        answers = []
+        for request in message.container_requests:
+            answers.append(
                 api.ContainerPreferredAllocationResponse(
                     device_i_ds=self._preferred(
-                        resource,
-                        request.available_deviceIDs,
-                        request.must_include_deviceIDs,
-                        request.allocation_size,
+                        request.available_deviceIDs, request.must_include_deviceIDs, request.allocation_size
                     )
                 )
-                for request in message.container_requests
-            ]
-        )
+            )
+            # One container's search is bounded (placement's budget); let others in between.
+            await anyio.lowlevel.checkpoint()
         self._metrics.preferred_allocation(self.resource_name, anyio.current_time() - started, True)
-        return response
+        return api.PreferredAllocationResponse(container_responses=answers)
 
-    def _preferred(self, resource: Resource, available: list[str], must: list[str], size: int) -> list[str]:
+    def _preferred(self, available: list[str], must: list[str], size: int) -> list[str]:
         """From the topology read at discovery, never from NVML. Never raises: the answer is a
         hint, and an error would fail pod admission."""
-        policy = self._config.shared_devices_allocation_policy
+        resource = self._resource()
         try:
-            if resource.replicas > 1:
-                # Time-sliced replicas: NVIDIA's greedy choice, for parity.
-                return preferred_shared_allocation(resource, available, must, size, policy)
-            # Full GPUs by NVLink/PCIe/NUMA; MIG devices spread or packed over their GPUs.
-            return topology_preferred_allocation(
+            return preferred_devices(
                 self._state.inventory.topology,
                 resource,
                 available,
                 must,
                 size,
                 unhealthy=self._state.unhealthy,
-                policy=policy,
+                policy=self._config.shared_devices_allocation_policy,
             )
         except Exception:
             log.exception("GetPreferredAllocation: the preference policy failed; answering in order")
-            return preferred_allocation(available, must, size)
+            return preferred_in_order(resource, available, must, size)
 
     async def allocate(self, message: api.AllocateRequest) -> api.AllocateResponse:
         started = anyio.current_time()
-        resource = self._resource()
-        unhealthy = self._state.unhealthy
         responses = []
         try:
             if not message.container_requests:
                 raise AllocationError(f"{self.resource_name}: the request has no container requests")
             for request in message.container_requests:
-                devices = check_request(resource, request.devices_ids, unhealthy)
+                resource = self._resource()
+                devices = check_request(resource, request.devices_ids, self._state.unhealthy)
                 allocation = container_allocation(
                     devices,
                     self._config,
-                    existing_control_nodes=self._control_nodes,
+                    existing_control_nodes=self._node.control_nodes,
+                    imex_channels=self._node.imex_channels,
                     mps_resource=resource.name if is_mps_shared(resource) else None,
                 )
                 responses.append(to_proto_allocation(allocation))
+                await anyio.lowlevel.checkpoint()
         except AllocationError as exc:
             log.warning("Allocate refused: %s", exc)
             self._observe_allocate(started, ok=False)
@@ -238,18 +246,37 @@ class DevicePluginServicer(api.DevicePluginBase):
         return api.PreStartContainerResponse()
 
 
+# h2 remembers how each closed stream of a connection ended, up to 65,536 of them (about
+# 8 MB), to judge frames that arrive late. The kubelet's connection lives as long as it does
+# and opens a stream per call; a late frame only ever concerns the latest streams.
+CLOSED_STREAMS_KEPT = 1024
+
+
 class _TrackingServer(Server):
-    """A grpclib Server that remembers its connections, so stop can close them: on Python
-    3.12+ asyncio's wait_closed waits for every client connection, and the kubelet's stays open."""
+    """A grpclib Server that remembers its connections, so stop can close them (on Python
+    3.12+ asyncio's wait_closed waits for every client connection, and the kubelet's stays
+    open), and keeps h2's record of closed streams short on each."""
 
     def __init__(self, handlers: list[Any]) -> None:
         super().__init__(handlers)
         self.protocols: list[Any] = []
 
     def _protocol_factory(self) -> Any:
-        protocol = super()._protocol_factory()
+        protocol: Any = super()._protocol_factory()
         self.protocols = [p for p in self.protocols if _is_open(p)]
         self.protocols.append(protocol)
+        connection_made = protocol.connection_made
+
+        def made(transport: Any) -> None:
+            connection_made(transport)
+            # grpclib's Connection over h2's H2Connection, whose SizeLimitDict holds the record
+            # (private to both: should they change, h2's own bound stays; the leak test shows it).
+            h2_connection = getattr(protocol.connection, "_connection", None)
+            closed = getattr(h2_connection, "_closed_streams", None)
+            if hasattr(closed, "_size_limit"):
+                closed._size_limit = CLOSED_STREAMS_KEPT  # type: ignore[union-attr]
+
+        protocol.connection_made = made
         return protocol
 
 
@@ -266,7 +293,7 @@ class PluginServer:
         resource: Resource,
         state: NodeState,
         config: Config,
-        existing_control_nodes: frozenset[str] | None = None,
+        node: NodeDevices = NO_NODE_DEVICES,
         *,
         metrics: Metrics = NULL_METRICS,
         on_stream_lost: Callable[[], None] | None = None,
@@ -278,7 +305,7 @@ class PluginServer:
             resource.name,
             state,
             config,
-            existing_control_nodes,
+            node,
             metrics=metrics,
             on_stream_lost=on_stream_lost,
         )
@@ -290,7 +317,7 @@ class PluginServer:
                 f"socket path {self.socket_path!r} is longer than a unix socket allows (107 bytes): "
                 "use a shorter --kubelet-socket directory"
             )
-        server = _TrackingServer([self.servicer])
+        server = _TrackingServer([GuardedServable(self.servicer, limits=REQUEST_LIMITS)])
         await server.start(path=self.socket_path)
         self._server = server  # only a started server is stopped later
         log.debug("serving %s on %s", self.resource_name, self.socket_path)

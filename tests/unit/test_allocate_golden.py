@@ -274,7 +274,7 @@ def test_without_fail_requests_greater_than_one_two_replicas_are_fine() -> None:
 def test_bare_uuid_is_unknown_when_the_resource_is_shared() -> None:
     cfg = config(sharing=sharing((GPU_RESOURCE, 2)))
     (gpu,) = build_resources(inventory("h100-8gpu"), cfg)
-    with pytest.raises(AllocationError, match=f"unknown device IDs '{GPU0}'"):
+    with pytest.raises(AllocationError, match=f"unknown device ID .*: '{GPU0}'"):
         check_request(gpu, [GPU0], {})
 
 
@@ -283,6 +283,6 @@ def test_unhealthy_gpu_refuses_its_replicas_and_mig_devices() -> None:
     inv = inventory("mig-mixed-2gpu")
     resources = {r.name: r for r in build_resources(inv, cfg)}
     shared = resources["nvidia.com/mig-1g.10gb"]
-    with pytest.raises(AllocationError, match=r"unhealthy devices .*XID 79"):
+    with pytest.raises(AllocationError, match=r"unhealthy device: .*XID 79"):
         check_request(shared, [f"{MIG_0_2}::1"], {inv.gpus[0].uuid: "XID 79"})
     assert len(check_request(shared, [f"{MIG_1_3}::1"], {inv.gpus[0].uuid: "XID 79"})) == 1

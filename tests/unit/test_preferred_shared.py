@@ -55,4 +55,9 @@ def test_short_supply_and_unknown_ids_never_fail() -> None:
     _, gpu = gpu_resource(2)
     available = [gpu.devices[0].id, "GPU-unknown::0", gpu.devices[0].id]
     assert preferred_shared_allocation(gpu, available, [], 3) == [gpu.devices[0].id]
-    assert preferred_shared_allocation(gpu, available, ["x", "x"], 1) == ["x"]
+    # Must-include IDs unknown or outside `available` are ignored; never more than asked.
+    assert preferred_shared_allocation(gpu, available, ["x", "x", gpu.devices[1].id], 1) == [
+        gpu.devices[0].id
+    ]
+    both = [gpu.devices[0].id, gpu.devices[1].id]
+    assert preferred_shared_allocation(gpu, both, both[::-1], 1) == [both[1]]
