@@ -443,6 +443,22 @@ async def _serve_node_labels(agent: Agent) -> None:
     await run_node_labels(agent)
 
 
+def _wants_mps(agent: Agent) -> bool:
+    # An MPS root set, or a resource shared with MPS: without either, MPS's modules are not
+    # imported at all.
+    if agent.config.mps_root is None and not agent.config.sharing.mps:
+        return False
+    from nvplugin.mps import wants_mps_daemons
+
+    return wants_mps_daemons(agent)
+
+
+async def _serve_mps(agent: Agent) -> None:
+    from nvplugin.mps import run_mps_daemons
+
+    await run_mps_daemons(agent)
+
+
 def _is_fake(agent: Agent) -> bool:
     return agent._is_fake()
 
@@ -483,6 +499,7 @@ TASKS: tuple[TaskSpec[Agent], ...] = (
         enabled=lambda a: a.nvml_ready and a.health_policy.watching,
         restart=Backoff(initial=0.5, cap=30.0, healthy_after=60.0),
     ),
+    TaskSpec("mps-daemons", _serve_mps, enabled=_wants_mps),
     TaskSpec("fake-control", _serve_fake_control, enabled=_is_fake, may_finish=True),
     TaskSpec(
         "device-metrics",

@@ -6,7 +6,9 @@ Only the loop thread mutates it; worker threads hand their results to the loop f
 
 It is also the one place health transitions are published: a mark that changes a device's
 health wakes the streams (through `version`) and is handed, as a HealthTransition, to every
-subscriber (Node Events); the device metrics follow the version like the streams do.
+subscriber (Node Events); the device metrics follow the version like the streams do. Marks are
+kept per source (the XID watcher, each MPS daemon): a device is unhealthy while any source
+marks it, and one source's recovery never clears another's mark.
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ class NodeState:
         self._inventory = inventory
         self._resources = resources
         self._by_name = {r.name: r for r in resources}
+        # uuid -> source -> (reason, xid), in the order the marks were made; and the derived
+        # uuid -> reason view that readers use.
+        self._marks: dict[str, dict[str, tuple[str, int | None]]] = {}
         self._unhealthy: dict[str, str] = {}
-        self._unhealthy_xid: dict[str, int | None] = {}
         self._subscribers: list[HealthSubscriber] = []
         self._version = 0
         self._changed: anyio.Event | None = None
@@ -64,7 +68,8 @@ class NodeState:
 
     @property
     def unhealthy(self) -> Mapping[str, str]:
-        """NVML UUID (GPU or MIG device) -> why it is unhealthy. Read-only view."""
+        """NVML UUID (GPU or MIG device) -> why it is unhealthy (each marking source's reason,
+        joined by "; "). Read-only view."""
         return MappingProxyType(self._unhealthy)
 
     def resource(self, name: str) -> Resource | None:
@@ -79,22 +84,41 @@ class NodeState:
         self._by_name = {r.name: r for r in resources}
         self._bump()
 
-    def mark_unhealthy(self, uuid: str, reason: str, xid: int | None = None) -> bool:
-        """Returns whether anything changed (a second mark for the same device keeps the first reason)."""
-        if uuid in self._unhealthy:
+    def mark_unhealthy(self, uuid: str, reason: str, xid: int | None = None, source: str = "xid") -> bool:
+        """Mark a device unhealthy on behalf of `source` (the XID watcher, an MPS daemon, ...).
+
+        A device is unhealthy while any source marks it; sources never clear each other's
+        marks. Returns whether this source's mark is new (a second mark from the same source
+        keeps the first reason). A transition is published only when the device turns
+        Unhealthy, not when a second source agrees."""
+        marks = self._marks.setdefault(uuid, {})
+        if source in marks:
             return False
-        self._unhealthy[uuid] = reason
-        self._unhealthy_xid[uuid] = xid
-        log.debug("device %s marked Unhealthy: %s", uuid, reason)
+        was_healthy = len(marks) == 0
+        marks[source] = (reason, xid)
+        self._unhealthy[uuid] = _joined(marks)
+        log.debug("device %s marked Unhealthy by %s: %s", uuid, source, reason)
         self._bump()
-        self._publish(HealthTransition(uuid, False, reason, xid))
+        if was_healthy:
+            self._publish(HealthTransition(uuid, False, reason, xid))
         return True
 
-    def mark_healthy(self, uuid: str) -> bool:
-        reason = self._unhealthy.pop(uuid, None)
-        if reason is None:
+    def mark_healthy(self, uuid: str, source: str = "xid") -> bool:
+        """Clear `source`'s mark; the device is Healthy again once no source marks it.
+        Returns whether that source had marked it."""
+        marks = self._marks.get(uuid)
+        if marks is None or source not in marks:
             return False
-        xid = self._unhealthy_xid.pop(uuid, None)
+        reason, xid = marks.pop(source)
+        if marks:
+            self._unhealthy[uuid] = _joined(marks)
+            log.debug(
+                "device %s: %s cleared its mark, still Unhealthy: %s", uuid, source, self._unhealthy[uuid]
+            )
+            self._bump()
+            return True
+        del self._marks[uuid]
+        del self._unhealthy[uuid]
         log.debug("device %s Healthy again (was: %s)", uuid, reason)
         self._bump()
         self._publish(HealthTransition(uuid, True, f"recovered from: {reason}", xid))
@@ -135,3 +159,7 @@ class NodeState:
                 self._changed = anyio.Event()
             await self._changed.wait()
         return self._version
+
+
+def _joined(marks: Mapping[str, tuple[str, int | None]]) -> str:
+    return "; ".join(reason for reason, _ in marks.values())

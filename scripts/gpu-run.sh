@@ -6,7 +6,7 @@
 #
 # Stages: machine (what the machine is), nvml (the real-NVML tests: discovery, labels, doctor,
 # events, topology), cdi (nvplugin's CDI spec next to nvidia-ctk's), mps (two CUDA processes
-# through one MPS control daemon started as nvplugin starts it), doctor (nvplugin doctor),
+# given Allocate's env, clients of the MPS daemon the agent runs), doctor (nvplugin doctor),
 # labels (nvplugin labels next to nvidia-smi), sidebyside (scripts/gpu-sidebyside.sh: nvplugin,
 # NVIDIA's plugin and GFD, a bare grpclib plugin, under one kubelet stand-in).
 #

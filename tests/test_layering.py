@@ -31,6 +31,7 @@ LAYERS = {
     "nvplugin.metrics_server": 2,
     "nvplugin.plugin": 3,
     "nvplugin.health": 3,
+    "nvplugin.mps": 3,
     "nvplugin.k8s": 3,
     "nvplugin.agent": 4,
     "nvplugin.nodelabels": 4,

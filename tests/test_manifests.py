@@ -375,6 +375,32 @@ def test_talos_overlay_uses_the_nvidia_runtime_class() -> None:
 
 
 @needs_kubectl
+def test_mps_overlay_mounts_the_mps_root_where_nvplugin_and_its_clients_look(tmp_path: Path) -> None:
+    from nvplugin.configload import load
+    from nvplugin.core.config import SharingStrategy
+    from nvplugin.core.mps import CONTAINER_ROOT, SHM_CONTAINER_PATH, MpsRoot
+
+    objects = render(MANIFESTS / "overlays" / "mps")
+    assert {kustomize.object_id(o) for o in objects} == {kustomize.object_id(o) for o in render(MANIFESTS)}
+    pod = find(objects, "DaemonSet")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert "compute" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    # The host's MPS root (MPS_ROOT) at /mps, its shm directory at /dev/shm: what Allocate
+    # mounts into every client.
+    assert host_paths[mounts[CONTAINER_ROOT]] == env["MPS_ROOT"]
+    assert host_paths[mounts[SHM_CONTAINER_PATH]] == MpsRoot(env["MPS_ROOT"]).shm_dir()
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID"]}
+    # Its config, with its environment, is one nvplugin runs MPS with.
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(find(objects, "ConfigMap")["data"]["config.yaml"])
+    config = load({"config_file": str(config_file)}, {"MPS_ROOT": env["MPS_ROOT"]}).config
+    assert config.sharing.strategy is SharingStrategy.MPS and config.mps_root == "/run/nvidia/mps"
+
+
+@needs_kubectl
 def test_example_pod_requests_one_gpu_and_talos_example_uses_the_runtime_class() -> None:
     pod = find(render(MANIFESTS / "examples"), "Pod", "gpu-pod")
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1

@@ -11,7 +11,7 @@ from nvplugin.core.resources import GPU_RESOURCE
 from nvplugin.nvml.fake import FakeNvml, load_layout
 from nvplugin.nvml.layouts import layout_path
 from nvplugin.simulate.kubelet import KubeletSimulator
-from tests.conftest import running_agent
+from tests.conftest import eventually, running_agent
 
 pytestmark = pytest.mark.anyio
 
@@ -29,6 +29,8 @@ async def test_requests_land_on_nvlinked_gpus(name: str, kubelet: KubeletSimulat
         assert topology is not None
         links = {(a, b): topology.links(a, b) for a in topology.gpus for b in topology.gpus}
         ids = list(plugin.devices)
+        # The health watcher registers its events once, right after registration: not ours.
+        await eventually(lambda: agent.health is not None and agent.health.ready.is_set())
         calls = nvml.calls
         pair = await kubelet.preferred(GPU_RESOURCE, ids, [], 2)
         assert topology.links(*pair) == max(links.values())  # the best-linked pair

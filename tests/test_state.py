@@ -43,3 +43,25 @@ async def test_poke_wakes_without_a_change() -> None:
         await anyio.sleep(0.01)
         state.poke()
     assert state.version == 0
+
+
+async def test_marks_are_kept_per_source_and_never_clear_each_other() -> None:
+    from nvplugin.state import HealthTransition
+
+    state = NodeState(EMPTY_INVENTORY, ())
+    transitions: list[HealthTransition] = []
+    state.subscribe(transitions.append)
+    assert state.mark_unhealthy("GPU-1", "XID 79", 79)
+    assert state.mark_unhealthy("GPU-1", "MPS daemon down", source="mps:nvidia.com/gpu")
+    assert state.unhealthy == {"GPU-1": "XID 79; MPS daemon down"}
+    assert transitions == [HealthTransition("GPU-1", False, "XID 79", 79)], (
+        "one transition: it was already down"
+    )
+    # The XID watcher's recovery leaves the MPS mark in force, and the reverse.
+    assert state.mark_healthy("GPU-1")
+    assert state.unhealthy == {"GPU-1": "MPS daemon down"}
+    assert not state.mark_healthy("GPU-1"), "the XID mark is gone already"
+    assert len(transitions) == 1
+    assert state.mark_healthy("GPU-1", source="mps:nvidia.com/gpu")
+    assert dict(state.unhealthy) == {}
+    assert transitions[-1] == HealthTransition("GPU-1", True, "recovered from: MPS daemon down", None)

@@ -12,9 +12,10 @@ import uuid as uuidlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from nvplugin.core.config import Config
+from nvplugin.core.config import Config, SharingStrategy
 from nvplugin.core.excerpt import QUOTED_VALUES, counted, excerpt, listed, quote_some
 from nvplugin.core.imex import IMEX_CHANNELS_ENV, ImexChannel
+from nvplugin.core.mps import CONTAINER_MPS_ROOT, PIPE_DIRECTORY_ENV, SHM_CONTAINER_PATH, MpsRoot
 from nvplugin.core.resources import AdvertisedDevice, Resource, unhealthy_reason
 
 
@@ -87,9 +88,10 @@ def check_request(
     problems = []
     # NVIDIA counts the IDs as sent, duplicates included.
     if resource.fail_requests_greater_than_one and len(ids) > 1 and any("::" in i for i in ids):
+        section = "mps" if resource.sharing_strategy is SharingStrategy.MPS else "timeSlicing"
         problems.append(
             f"maximum request size for shared resources is 1; found {len(ids)} "
-            "(sharing.timeSlicing.failRequestsGreaterThanOne is true)"
+            f"(sharing.{section}.failRequestsGreaterThanOne is true)"
         )
     if unknown:
         problems.append(
@@ -156,6 +158,7 @@ def container_allocation(
     response_id: str | None = None,
     imex_channels: Sequence[ImexChannel] = (),
     cdi_modes: Collection[str] = (),
+    mps_resource: str | None = None,
 ) -> ContainerAllocation:
     """NVIDIA's ContainerAllocateResponse for the devices a container was given.
 
@@ -168,7 +171,9 @@ def container_allocation(
     mounts /dev/null per device and per channel; PASS_DEVICE_SPECS adds the device nodes and the
     channels' nodes. `imex_channels`: the configured channels found at start
     (core.imex.select_imex_channels). `existing_control_nodes`: the CONTROL_NODES present on
-    the node (checked once by the caller); None means all of them.
+    the node (checked once by the caller); None means all of them. `mps_resource`: the
+    resource's name when it is shared with MPS: then, whatever the strategy, the container gets
+    its daemon's pipe directory (mps_allocation).
     """
     ids = device_ids(devices, config.device_id_strategy)
     strategies = set(config.device_list_strategy)
@@ -185,11 +190,14 @@ def container_allocation(
             annotations[key] = ",".join(qualified)
         if "cdi-cri" in strategies:
             cdi_devices = tuple(qualified)
-    envs = {FEATURE_ENVS[mode]: "enabled" for mode in enabled_feature_modes(config)}
-    if strategies <= CDI_STRATEGIES:
-        return ContainerAllocation(envs=envs, annotations=annotations, cdi_devices=cdi_devices)
-
+    envs: dict[str, str] = {}
     mounts: tuple[Mount, ...] = ()
+    if mps_resource is not None:
+        envs, mounts = mps_allocation(mps_resource, config.mps_root)
+    envs.update({FEATURE_ENVS[mode]: "enabled" for mode in enabled_feature_modes(config)})
+    if strategies <= CDI_STRATEGIES:
+        return ContainerAllocation(envs=envs, mounts=mounts, annotations=annotations, cdi_devices=cdi_devices)
+
     if "envvar" in strategies:
         envs[VISIBLE_DEVICES_ENV] = ",".join(ids)
         if imex_channels:
@@ -198,7 +206,7 @@ def container_allocation(
         envs[VISIBLE_DEVICES_ENV] = VOLUME_MOUNTS_ROOT
         paths = [posixpath.join(VOLUME_MOUNTS_ROOT, i) for i in ids]
         paths += [posixpath.join(VOLUME_MOUNTS_ROOT, "imex", c.id) for c in imex_channels]
-        mounts = tuple(Mount(container_path=p, host_path=VOLUME_MOUNTS_HOST_PATH) for p in paths)
+        mounts += tuple(Mount(container_path=p, host_path=VOLUME_MOUNTS_HOST_PATH) for p in paths)
     specs: tuple[DeviceSpec, ...] = ()
     if config.pass_device_specs:
         specs = device_specs(devices, config.device_root, existing_control_nodes)
@@ -209,6 +217,22 @@ def container_allocation(
     return ContainerAllocation(
         envs=envs, mounts=mounts, devices=specs, annotations=annotations, cdi_devices=cdi_devices
     )
+
+
+def mps_allocation(resource_name: str, mps_root: str | None) -> tuple[dict[str, str], tuple[Mount, ...]]:
+    """NVIDIA's MPS additions to an allocation (internal/plugin/mps.go): the daemon's pipe
+    directory as the container sees it, that directory mounted from under the host's MPS root,
+    and the daemons' shared /dev/shm. The limits (active threads, pinned memory) are the
+    daemon's defaults, set through its control pipe, not env: a pod may still lower its own."""
+    if mps_root is None:  # the config layer refuses MPS sharing without a root
+        raise AllocationError(f"{resource_name}: shared with MPS but no MPS root is set (--mps-root)")
+    host = MpsRoot(mps_root)
+    pipe_dir = CONTAINER_MPS_ROOT.pipe_dir(resource_name)
+    mounts = (
+        Mount(container_path=pipe_dir, host_path=host.pipe_dir(resource_name)),
+        Mount(container_path=SHM_CONTAINER_PATH, host_path=host.shm_dir()),
+    )
+    return {PIPE_DIRECTORY_ENV: pipe_dir}, mounts
 
 
 def enabled_feature_modes(config: Config) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ from nvplugin.core.allocation import (
     preferred_in_order,
 )
 from nvplugin.core.config import Config
+from nvplugin.core.mps import is_mps_shared
 from nvplugin.core.placement import preferred_devices
 from nvplugin.core.resources import Resource
 from nvplugin.core.wire import encode_allocate_response, encode_list_and_watch, encode_preferred_response
@@ -219,12 +220,14 @@ class DevicePluginServicer(api.DevicePluginBase):
             if not message.container_requests:
                 raise AllocationError(f"{self.resource_name}: the request has no container requests")
             for request in message.container_requests:
-                devices = check_request(self._resource(), request.devices_ids, self._state.unhealthy)
+                resource = self._resource()
+                devices = check_request(resource, request.devices_ids, self._state.unhealthy)
                 allocation = container_allocation(
                     devices,
                     self._config,
                     existing_control_nodes=self._node.control_nodes,
                     imex_channels=self._node.imex_channels,
+                    mps_resource=resource.name if is_mps_shared(resource) else None,
                 )
                 responses.append(allocation)
                 await anyio.lowlevel.checkpoint()
