@@ -18,7 +18,9 @@ at_least() {
   python3 -c "import sys; from importlib.metadata import version; from packaging.version import Version as V
 sys.exit(V(version('$1')) < V('$2'))" 2>/dev/null || wheels+=(".whl/$3")
 }
-at_least typing_extensions 4.14 'typing_extensions-*.whl'; at_least python-dateutil 2.9.0.post0 'python_dateutil-*.whl'
+at_least typing_extensions 4.16 'typing_extensions-*.whl'; at_least python-dateutil 2.9.0.post0 'python_dateutil-*.whl'
+# nvplugin needs anyio >= 4.7 (wait_readable for the MPS daemon's pidfd).
+at_least anyio 4.7 'anyio-*.whl'
 # What the machine is expected to have and nothing carries: say so now rather than fail later.
 for module in anyio grpc yaml aiohttp multidict six pynvml prometheus_client; do
   python3 -c "import $module" 2>/dev/null || missing+=("$module")

@@ -10,8 +10,10 @@
 # labels (nvplugin labels next to nvidia-smi), sidebyside (scripts/gpu-sidebyside.sh: nvplugin,
 # NVIDIA's plugin and GFD, a bare grpclib plugin, under one kubelet stand-in).
 #
-# Carried with the call, never committed: .whl/ (wheels the machine lacks, scripts/gpu-env.sh)
-# and .sidebyside/bin/ (NVIDIA's binaries built from their tags, .xz). Builds nothing.
+# Carried with the call, never committed: .whl/ (wheels the machine lacks, scripts/gpu-env.sh),
+# .whl-run/ (nvplugin's runtime wheels, for a venv like the production image's:
+# scripts/gpu-deployed-venv.sh) and .sidebyside/bin/ (NVIDIA's binaries built from their tags,
+# .xz). Builds nothing.
 # Rules of that machine: never change MIG mode, clocks, power limit, compute or persistence mode,
 # never reset the GPU.
 set -u
@@ -20,7 +22,7 @@ set -u
 out=/tmp/nvplugin-gpu
 rm -rf "$out"; mkdir -p "$out"
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(machine nvml labels doctor cdi mps sidebyside)
+[ ${#stages[@]} -gt 0 ] || stages=(machine nvml labels doctor cdi mps startup sidebyside)
 source scripts/gpu-env.sh || exit 1
 export NVPLUGIN_COMMIT=${NVPLUGIN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 step() { echo; echo "### $*"; "$@"; echo "(exit $?)"; }
@@ -72,6 +74,13 @@ for stage in "${stages[@]}"; do
     } >"$out/cdi.txt" 2>&1 ;;
   mps)
     { step python3 scripts/gpu_mps_check.py --out "$out"; } >"$out/mps.txt" 2>&1 ;;
+  startup)
+    {
+      source scripts/gpu-deployed-venv.sh
+      step python3 benchmarks/startup_breakdown.py --runs 10
+      [ -n "$NVPLUGIN_PY" ] && step python3 benchmarks/startup_breakdown.py --runs 10 --python "$NVPLUGIN_PY"
+      [ -n "$NVPLUGIN_PY" ] && step "$NVPLUGIN_PY" -X importtime -c 'import nvplugin.cli, nvplugin.agent, pynvml' 2>&1 | sort -t'|' -k2 -n | tail -25
+    } >"$out/startup.txt" 2>&1 ;;
   sidebyside)
     step timeout 500 bash scripts/gpu-sidebyside.sh "$out/sidebyside" >"$out/sidebyside-run.txt" 2>&1 ;;
   *) echo "unknown stage $stage" >&2 ;;

@@ -21,6 +21,9 @@ out=${1:-${OUT:-/tmp/nvplugin-sidebyside}}
 mkdir -p "$out"
 
 source scripts/gpu-env.sh || exit 1
+# nvplugin (and the bare floor) as deployed: a venv like the production image's.
+source scripts/gpu-deployed-venv.sh
+py=${NVPLUGIN_PY:-python3}
 
 bin=/tmp/sidebyside-bin
 mkdir -p "$bin"
@@ -46,6 +49,7 @@ gpus=$(nvidia-smi -L | grep -c '^GPU')
   "$bin/nvidia-device-plugin" --version
   "$bin/gpu-feature-discovery" --version
   python3 -c 'import grpc, grpclib, uvloop; print("grpcio", grpc.__version__, "grpclib", grpclib.__version__, "uvloop", uvloop.__version__)'
+  echo "nvplugin runs under: $py"
 } >"$out/machine.txt" 2>&1
 
 logs=/tmp/sidebyside-logs
@@ -54,11 +58,12 @@ set -o pipefail
 timeout -s INT 480 python3 benchmarks/bench_sidebyside.py \
   --dir /var/lib/kubelet/device-plugins --runs 5 --calls 2000 --restarts 10 --idle 30 --burst 10 \
   --plugin nvidia="$bin/nvidia-device-plugin" \
-  --plugin nvplugin="python3 -m nvplugin run --metrics-address off" \
-  --plugin nvplugin+labels="python3 -m nvplugin run --metrics-address off --labels --kubeconfig {kubeconfig}" \
-  --plugin bare="python3 benchmarks/bare_plugin.py --devices $gpus" \
+  --plugin nvplugin="$py -m nvplugin run --metrics-address off" \
+  --plugin nvplugin+labels="$py -m nvplugin run --metrics-address off --labels --kubeconfig {kubeconfig}" \
+  --plugin nvplugin-asyncio="NVPLUGIN_NO_UVLOOP=1 $py -m nvplugin run --metrics-address off" \
+  --plugin bare="$py benchmarks/bare_plugin.py --devices $gpus" \
   --oneshot gfd="$bin/gpu-feature-discovery --oneshot --no-timestamp --use-node-feature-api=false --output-file {output}" \
-  --oneshot nvplugin="python3 -m nvplugin labels --no-timestamp --output-file {output}" \
+  --oneshot nvplugin="$py -m nvplugin labels --no-timestamp --output-file {output}" \
   --json "$out/sidebyside.json" --logs "$logs" 2>&1 | tee "$out/sidebyside.txt"
 status=$?
 tar czf "$out/sidebyside-logs.tar.gz" -C /tmp "$(basename "$logs")"
