@@ -46,6 +46,7 @@ from nvplugin.core.labels import (
 from nvplugin.core.resources import Resource, plan_resources
 from nvplugin.nodefacts import read_node_facts
 from nvplugin.nvml.base import Nvml, NvmlError
+from nvplugin.nvml.early import EarlyStart
 from nvplugin.state import HealthTransition
 
 if TYPE_CHECKING:
@@ -94,18 +95,24 @@ def snapshot_desired(snapshot: NodeSnapshot, nvml_ready: bool = True) -> Desired
 
 
 def labels_once(
-    config: Config, *, timestamp: bool = True, clock: Callable[[], float] = time.time, warn: TextIO
+    config: Config,
+    *,
+    timestamp: bool = True,
+    clock: Callable[[], float] = time.time,
+    warn: TextIO,
+    early: EarlyStart | None = None,
 ) -> Labels:
     """The labels for this node, read now: NVML (or the fake backend), discovery, the resources
-    the agent would advertise and the node facts. Blocking. Raises ConfigError, NvmlError (and
-    the fake backend's LayoutError)."""
-    from nvplugin.nvml import open_backend
-    from nvplugin.nvml.discovery import discover
+    the agent would advertise and the node facts. Blocking. `early`: NVML's start-up already
+    under way (without the topology: labels do not use it). Raises ConfigError, NvmlError (and the fake backend's
+    LayoutError)."""
+    if early is None:
+        from nvplugin.nvml import open_backend
 
-    nvml = open_backend(config)
-    nvml.init()
+        early = EarlyStart(open_backend(config), topology=False)
+    nvml = early.nvml
     try:
-        inventory = discover(nvml)
+        inventory = early.inventory()
         try:
             plan = plan_resources(inventory, config)
             resources = plan.resources
@@ -124,10 +131,11 @@ def labels_once(
             clock=clock,
         )
     finally:
-        try:
-            nvml.shutdown()
-        except NvmlError as exc:
-            print(f"warning: NVML shutdown failed: {exc}", file=warn)
+        if early.initialised_ok():
+            try:
+                nvml.shutdown()
+            except NvmlError as exc:
+                print(f"warning: NVML shutdown failed: {exc}", file=warn)
     for problem in inventory.problems:
         print(f"warning: {problem}", file=warn)
     good, bad = valid_only(snapshot_labels(snapshot))

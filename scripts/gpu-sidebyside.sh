@@ -60,7 +60,6 @@ timeout -s INT 480 python3 benchmarks/bench_sidebyside.py \
   --plugin nvidia="$bin/nvidia-device-plugin" \
   --plugin nvplugin="$py -m nvplugin run --metrics-address off" \
   --plugin nvplugin+labels="$py -m nvplugin run --metrics-address off --labels --kubeconfig {kubeconfig}" \
-  --plugin nvplugin-asyncio="NVPLUGIN_NO_UVLOOP=1 $py -m nvplugin run --metrics-address off" \
   --plugin bare="$py benchmarks/bare_plugin.py --devices $gpus" \
   --oneshot gfd="$bin/gpu-feature-discovery --oneshot --no-timestamp --use-node-feature-api=false --output-file {output}" \
   --oneshot nvplugin="$py -m nvplugin labels --no-timestamp --output-file {output}" \

@@ -53,13 +53,18 @@ def compute_labels(
     """The labels for this node under the configuration `flags` and `env` (and the config file
     they name). Raises ConfigError or NvmlError (and LayoutError)."""
     from nvplugin.configload import load
-    from nvplugin.nodelabels import labels_once
+    from nvplugin.nvml import open_backend
+    from nvplugin.nvml.early import EarlyStart
 
     warn = warn or sys.stderr
     loaded = load(flags, env)
+    # NVML starts now, in a thread, while the label pipeline's modules are imported.
+    early = EarlyStart(open_backend(loaded.config), topology=False)
+    from nvplugin.nodelabels import labels_once
+
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=warn)
-    return labels_once(loaded.config, timestamp=timestamp, clock=clock, warn=warn)
+    return labels_once(loaded.config, timestamp=timestamp, clock=clock, warn=warn, early=early)
 
 
 def run(args: argparse.Namespace) -> int:

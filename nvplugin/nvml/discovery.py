@@ -35,10 +35,11 @@ def read_mig_enabled(nvml: Nvml, index: int) -> bool:
         return False
 
 
-def discover(nvml: Nvml) -> Inventory:
+def discover(nvml: Nvml, *, topology: bool = True) -> Inventory:
     """Every GPU NVML can describe. A GPU that fails a query is left out and named in
     `problems`: the others are still advertised. Errors before any device (driver version,
-    count) propagate: nothing can be served without them."""
+    count) propagate: nothing can be served without them. `topology`: also read how the GPUs
+    are wired (GetPreferredAllocation needs it; labels do not)."""
     driver = nvml.driver_version()
     cuda = nvml.cuda_driver_version()
     gpus: list[Gpu] = []
@@ -52,4 +53,4 @@ def discover(nvml: Nvml) -> Inventory:
         gpus=tuple(gpus), driver_version=driver, cuda_driver_version=cuda, problems=tuple(problems)
     )
     # Read once here, so GetPreferredAllocation never calls NVML (nvml/topology.py).
-    return with_topology(nvml, inventory)
+    return with_topology(nvml, inventory) if topology else inventory

@@ -14,8 +14,9 @@ from nvplugin.nvml.base import Nvml
 
 
 class EarlyStart:
-    def __init__(self, nvml: Nvml) -> None:
+    def __init__(self, nvml: Nvml, *, topology: bool = True) -> None:
         self.nvml = nvml
+        self._topology = topology
         self._init_error: BaseException | None = None
         self._discover_error: BaseException | None = None
         self._inventory: Inventory | None = None
@@ -31,7 +32,7 @@ class EarlyStart:
         try:
             from nvplugin.nvml.discovery import discover
 
-            self._inventory = discover(self.nvml)
+            self._inventory = discover(self.nvml, topology=self._topology)
         except BaseException as exc:
             self._discover_error = exc
 
@@ -40,6 +41,11 @@ class EarlyStart:
         self._thread.join()
         if self._init_error is not None:
             raise self._init_error
+
+    def initialised_ok(self) -> bool:
+        """Whether nvmlInit succeeded (blocks until it is done)."""
+        self._thread.join()
+        return self._init_error is None
 
     def inventory(self) -> Inventory:
         """Blocks until the first discovery is done; raises what it raised."""
