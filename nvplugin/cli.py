@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
 import signal
@@ -142,14 +143,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def _run_async(fn: Callable[[], object]) -> object:
     import anyio
 
-    backend_options = {}
-    if not os.environ.get("NVPLUGIN_NO_UVLOOP"):
-        try:  # uvloop when installed (the `fast` extra): a cheaper loop for the RPC path
-            import uvloop  # noqa: F401
-
-            backend_options["use_uvloop"] = True
-        except ImportError:
-            pass
+    # uvloop when installed (the `fast` extra): a cheaper loop for the RPC path.
+    use_uvloop = not os.environ.get("NVPLUGIN_NO_UVLOOP") and importlib.util.find_spec("uvloop") is not None
+    backend_options = {"use_uvloop": True} if use_uvloop else {}
     return anyio.run(fn, backend="asyncio", backend_options=backend_options)  # type: ignore[arg-type]
 
 

@@ -522,8 +522,8 @@ def _empty(directory: str) -> None:
 
 
 def _touch(path: str) -> None:
-    with _os_errors("write the .started file"), open(path, "w"):
-        pass
+    with _os_errors("write the .started file"), open(path, "w") as marker:
+        marker.write("")
 
 
 def _tail(path: str, lines: int) -> str:

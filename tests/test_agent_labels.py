@@ -4,13 +4,10 @@ while the kubelet side keeps serving."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import anyio
 import pytest
 
 from nvplugin.commands.labels import compute_labels
@@ -19,7 +16,7 @@ from nvplugin.core.labels import TIMESTAMP_LABEL
 from nvplugin.nvml import open_backend
 from nvplugin.simulate.kubelet import KubeletSimulator
 from nvplugin.testing.apiserver import FakeApiServer
-from tests.conftest import eventually, running_agent
+from tests.conftest import eventually, nvplugin_process, running_agent, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = "gpu-node-7"
@@ -28,34 +25,30 @@ pytestmark = pytest.mark.anyio
 
 
 def spawn(plugin_dir: Path, kubeconfig: Path, *args: str) -> subprocess.Popen[str]:
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nvplugin",
-            "run",
-            "--fake-gpus",
-            "2",
-            "--kubelet-socket",
-            str(plugin_dir / "kubelet.sock"),
-            "--labels",
-            "--kubeconfig",
-            str(kubeconfig),
-            *args,
-        ],
-        env={**os.environ, "PYTHONPATH": pythonpath, "NODE_NAME": NODE, "NVPLUGIN_METRICS_ADDRESS": "off"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return nvplugin_process(
+        "run", "--fake-gpus", "2", "--kubelet-socket", str(plugin_dir / "kubelet.sock"),
+        "--labels", "--kubeconfig", str(kubeconfig), *args,
+        env={"NODE_NAME": NODE},
+    )  # fmt: skip
 
 
 async def finish(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    _, err = await anyio.to_thread.run_sync(proc.communicate)
-    assert proc.returncode == 0, err
+    code, _, err = await stop_process(proc)
+    assert code == 0, err
     return err
+
+
+def label_flags(plugin_dir: Path, kubeconfig: Path, **more: object) -> dict[str, object]:
+    """The flags of an in-process agent that labels NODE on fake GPUs (2 unless `more` says)."""
+    return {
+        "fake_gpus": "2",
+        "kubelet_socket": str(plugin_dir / "kubelet.sock"),
+        "labels": "true",
+        "node_name": NODE,
+        "kubeconfig": str(kubeconfig),
+        "metrics_address": "off",
+        **more,
+    }
 
 
 async def test_labels_applied_and_kubelet_served_through_an_api_outage(
@@ -124,15 +117,8 @@ async def test_the_labels_command_prints_what_the_agent_writes(plugin_dir: Path,
     api = FakeApiServer(bookmark_interval=0.2)
     async with api, KubeletSimulator(plugin_dir):
         api.add_node(NODE)
-        flags: dict[str, object] = {
-            "config_file": str(config_file),
-            "fake_gpus": "2",
-            "kubelet_socket": str(plugin_dir / "kubelet.sock"),
-            "labels": "true",
-            "node_name": NODE,
-            "kubeconfig": str(api.write_kubeconfig(tmp_path / "kubeconfig")),
-            "metrics_address": "off",
-        }
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        flags = label_flags(plugin_dir, kubeconfig, config_file=str(config_file))
         config = load(flags, {}).config
         async with running_agent(config, open_backend(config), config_source=ConfigSource(flags)):
             await eventually(lambda: "nvidia.com/gpu.product" in api.labels(NODE), within=15)
@@ -156,15 +142,8 @@ async def test_nvml_failing_never_deletes_the_gpu_labels(plugin_dir: Path, tmp_p
     api = FakeApiServer(bookmark_interval=0.2)
     async with api, KubeletSimulator(plugin_dir):
         api.add_node(NODE, before)
-        flags: dict[str, object] = {
-            "fake_gpus": str(layout),
-            "fail_on_init_error": "false",
-            "kubelet_socket": str(plugin_dir / "kubelet.sock"),
-            "labels": "true",
-            "node_name": NODE,
-            "kubeconfig": str(api.write_kubeconfig(tmp_path / "kubeconfig")),
-            "metrics_address": "off",
-        }
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        flags = label_flags(plugin_dir, kubeconfig, fake_gpus=str(layout), fail_on_init_error="false")
         config = load(flags, {}).config
         async with running_agent(config, open_backend(config)):
             # The one write the agent may make: the timestamp.

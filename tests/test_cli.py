@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,22 +15,10 @@ import yaml
 
 from nvplugin.core.resources import GPU_RESOURCE
 from nvplugin.simulate.kubelet import KubeletSimulator
+from tests.conftest import nvplugin_process as nvplugin
 from tests.conftest import read_until, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def nvplugin(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[str]:
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    full_env = {**os.environ, "PYTHONPATH": pythonpath, "NVPLUGIN_METRICS_ADDRESS": "off", **(env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "nvplugin", *args],
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kwargs,  # type: ignore[call-overload]
-    )
 
 
 def run_to_end(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> tuple[int, str, str]:

@@ -16,7 +16,7 @@ from grpclib.const import Status
 from nvplugin.core.config import Config
 from nvplugin.nvml.fake import FakeNvml, load_layout
 from nvplugin.simulate.kubelet import KubeletSimulator
-from tests.conftest import running_agent
+from tests.conftest import nvplugin_process, running_agent, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUTS = ROOT / "nvplugin" / "nvml" / "layouts"
@@ -73,28 +73,11 @@ def write_config(path: Path, replicas: int, **flags: bool) -> None:
 
 
 def spawn(plugin_dir: Path, *args: str) -> subprocess.Popen[str]:
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nvplugin",
-            "run",
-            "--kubelet-socket",
-            str(plugin_dir / "kubelet.sock"),
-            *args,
-        ],
-        env={**os.environ, "PYTHONPATH": pythonpath, "NVPLUGIN_METRICS_ADDRESS": "off"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return nvplugin_process("run", "--kubelet-socket", str(plugin_dir / "kubelet.sock"), *args)
 
 
 async def stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    _, err = await anyio.to_thread.run_sync(proc.communicate)
-    return err
+    return (await stop_process(proc))[2]
 
 
 async def test_time_slicing_replicas_refusal_and_sighup_reload(plugin_dir: Path, tmp_path: Path) -> None:

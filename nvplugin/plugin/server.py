@@ -84,19 +84,19 @@ class _Encoded:
 
 
 class EncodedDeviceList(_Encoded, api.ListAndWatchResponse):
-    pass
+    """ListAndWatch's full device list (core.wire.encode_list_and_watch)."""
 
 
 class EncodedAllocateResponse(_Encoded, api.AllocateResponse):
-    pass
+    """Allocate's answer (core.wire.encode_allocate_response)."""
 
 
 class EncodedPreferredAllocation(_Encoded, api.PreferredAllocationResponse):
-    pass
+    """GetPreferredAllocation's answer (core.wire.encode_preferred_response)."""
 
 
 class EncodedOptions(_Encoded, api.DevicePluginOptions):
-    pass
+    """GetDevicePluginOptions' answer: PLUGIN_OPTIONS, encoded once."""
 
 
 _OPTIONS_ANSWER = EncodedOptions(bytes(PLUGIN_OPTIONS))
