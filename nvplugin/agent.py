@@ -295,7 +295,7 @@ class Agent:
         try:
             result = await anyio.to_thread.run_sync(write_specs, inventory, resources, options)
         except CdiDriverMissing as exc:
-            if not self._is_fake():
+            if not self.simulated:
                 if fatal:
                     raise AgentError(str(exc)) from None
                 raise
@@ -318,7 +318,9 @@ class Agent:
                 "" if result.changed else " (already up to date)",
             )
 
-    def _is_fake(self) -> bool:
+    @property
+    def simulated(self) -> bool:
+        """Running on the fake NVML backend (--fake-gpus)."""
         from nvplugin.nvml.fake import FakeNvml
 
         return isinstance(self.nvml, FakeNvml)
@@ -459,10 +461,6 @@ async def _serve_mps(agent: Agent) -> None:
     await run_mps_daemons(agent)
 
 
-def _is_fake(agent: Agent) -> bool:
-    return agent._is_fake()
-
-
 def _kubelet(agent: Agent) -> KubeletSide:
     assert agent.kubelet is not None
     return agent.kubelet
@@ -500,7 +498,7 @@ TASKS: tuple[TaskSpec[Agent], ...] = (
         restart=Backoff(initial=0.5, cap=30.0, healthy_after=60.0),
     ),
     TaskSpec("mps-daemons", _serve_mps, enabled=_wants_mps),
-    TaskSpec("fake-control", _serve_fake_control, enabled=_is_fake, may_finish=True),
+    TaskSpec("fake-control", _serve_fake_control, enabled=lambda a: a.simulated, may_finish=True),
     TaskSpec(
         "device-metrics",
         lambda a: track_devices(a.state, a.metrics),

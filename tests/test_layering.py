@@ -23,6 +23,7 @@ LAYERS = {
     "nvplugin.configload": 1,
     "nvplugin.devicenodes": 1,
     "nvplugin.cdi": 1,
+    "nvplugin.imex": 1,
     "nvplugin.logs": 1,
     "nvplugin.state": 2,
     "nvplugin.observability": 2,
