@@ -25,6 +25,7 @@ from nvplugin.k8s.reconciler import NodeLabelReconciler
 from nvplugin.k8s.retry import Backoff, RetryPolicy
 from nvplugin.observability import Metrics
 from nvplugin.testing.apiserver import FakeApiServer, Fault
+from tests.conftest import eventually
 
 NODE = "gpu-node-1"
 UUID = "GPU-cf556fce-0000-0000-0000-000000000000"
@@ -40,14 +41,6 @@ async def api() -> AsyncIterator[FakeApiServer]:
     async with FakeApiServer(bookmark_interval=0.2) as server:
         server.add_node(NODE)
         yield server
-
-
-async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await anyio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from nvplugin.k8s.reconciler import NodeLabelReconciler, run_reconciler
 from nvplugin.k8s.retry import Backoff, RetryPolicy
 from nvplugin.observability import Metrics
 from nvplugin.testing.apiserver import FakeApiServer, Fault
+from tests.conftest import eventually
 
 NODE = "gpu-node-1"
 DESIRED = {
@@ -41,14 +42,6 @@ async def api(tmp_path: Path) -> AsyncIterator[FakeApiServer]:
     async with server:
         server.add_node(NODE, {"nvidia.com/device-plugin.config": "a"})
         yield server
-
-
-async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await anyio.sleep(0.01)
 
 
 async def synced(rec: NodeLabelReconciler, within: float = 5.0) -> None:
@@ -106,7 +99,10 @@ async def test_no_writes_across_many_events_that_change_nothing(api: FakeApiServ
             if i % 20 == 0:
                 api.set_labels(NODE, {"example.com/other": str(i)})  # someone else's labels
             await anyio.lowlevel.checkpoint()
-        await anyio.sleep(0.6)  # bookmarks arrive too
+        # Bookmarks arrive too; then a change of our own: once it is written, everything before
+        # it has been seen, and it is the only patch.
+        bookmarks = api.bookmarks_sent
+        await eventually(lambda: api.bookmarks_sent > bookmarks)
         assert api.count("patch", NODE) == patches
         assert api.labels(NODE)[TIMESTAMP_LABEL] == stamp
         assert api.count("watch", NODE) == 1
@@ -165,9 +161,8 @@ async def test_api_outage_does_not_stop_the_caller(api: FakeApiServer, tmp_path:
             await api.stop()  # the API server goes away, watches drop
             rec.set_desired({**DESIRED, "nvidia.com/gpu.count": "7"})
             before = ticks
-            await anyio.sleep(0.8)
-            assert ticks - before > 30  # the loop kept running the caller's work
-            assert rec.stats.errors > 0
+            await eventually(lambda: rec.stats.errors > 0)
+            await eventually(lambda: ticks - before > 30)  # the loop kept running the caller's work
             assert not rec.in_sync
             await api.start()  # back on the same port: the change lands
             await eventually(lambda: api.labels(NODE).get("nvidia.com/gpu.count") == "7", 10)
@@ -307,8 +302,7 @@ async def test_nothing_written_before_desired_labels_are_known(api: FakeApiServe
     kubeconfig = str(api.write_kubeconfig(tmp_path / "kubeconfig"))
     rec = NodeLabelReconciler(NODE, kubeconfig=kubeconfig, retry=FAST)
     async with running(rec):
-        await eventually(lambda: api.open_watches(NODE) == 1)
-        await anyio.sleep(0.2)
+        await eventually(lambda: api.open_watches(NODE) == 1 and rec.actual is not None)
         assert api.count("patch", NODE) == 0
         assert api.labels(NODE)["nvidia.com/gpu.count"] == "8"
         rec.set_desired({**DESIRED, "nvidia.com/gpu.count": "4"})

@@ -16,7 +16,7 @@ from nvplugin.core.config import Config
 from nvplugin.core.resources import GPU_RESOURCE
 from nvplugin.plugin.server import PLUGIN_OPTIONS
 from nvplugin.simulate.kubelet import KubeletSimulator, is_extended_resource_name
-from tests.conftest import fake_nvml, running_agent
+from tests.conftest import eventually, fake_nvml, running_agent
 
 pytestmark = pytest.mark.anyio
 
@@ -143,7 +143,9 @@ async def test_own_socket_removed_triggers_reregistration(
 
 async def test_waits_for_a_missing_kubelet_socket(config: Config, plugin_dir: Path) -> None:
     async with running_agent(config) as agent:
-        await anyio.sleep(0.2)
+        assert agent.kubelet is not None
+        with anyio.fail_after(5):
+            await agent.kubelet.first_attempt.wait()  # set once it waits for kubelet.sock
         assert not agent.ready and agent.generation == 0
         async with KubeletSimulator(plugin_dir) as kubelet:
             plugin = await kubelet.wait_registered(GPU_RESOURCE, timeout=3)
@@ -214,8 +216,7 @@ async def test_shutdown_ends_open_streams_quickly(kubelet: KubeletSimulator, con
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
-            await anyio.sleep(0.1)
-            assert server.servicer.open_streams == 2
+            await eventually(lambda: server.servicer.open_streams == 2)
             started = anyio.current_time()
             await server.stop()
             with anyio.fail_after(1):

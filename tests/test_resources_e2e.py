@@ -16,7 +16,7 @@ from grpclib.const import Status
 from nvplugin.core.config import Config
 from nvplugin.nvml.fake import FakeNvml, load_layout
 from nvplugin.simulate.kubelet import KubeletSimulator
-from tests.conftest import nvplugin_process, running_agent, stop_process
+from tests.conftest import nvplugin_process, read_until, running_agent, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUTS = ROOT / "nvplugin" / "nvml" / "layouts"
@@ -106,13 +106,13 @@ async def test_time_slicing_replicas_refusal_and_sighup_reload(plugin_dir: Path,
                 "version: v1\nsharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 1}]}}\n"
             )
             proc.send_signal(signal.SIGHUP)
-            await anyio.sleep(0.5)
+            refused = await read_until(proc, "keeping the running configuration")
+            assert "replicas" in refused.splitlines()[-1]
             assert len([r for r in kubelet.registrations if r.accepted]) == 2
             assert kubelet.plugins["nvidia.com/gpu"].capacity == 8
         finally:
-            err = await stop(proc)
+            await stop(proc)
     assert proc.returncode == 0
-    assert "keeping the running configuration" in err and "replicas" in err
 
 
 async def test_rename_by_default_advertises_gpu_shared(plugin_dir: Path, tmp_path: Path) -> None:

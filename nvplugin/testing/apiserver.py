@@ -244,6 +244,8 @@ class FakeApiServer:
         self.port = port
         self.token = token
         self.bookmark_interval = bookmark_interval
+        # BOOKMARK events written to watches so far.
+        self.bookmarks_sent = 0
         self.default_watch_timeout = default_watch_timeout
         self.nodes: dict[str, dict[str, Any]] = {}
         self.events: dict[tuple[str, str], dict[str, Any]] = {}
@@ -696,6 +698,8 @@ class FakeApiServer:
                 if item is None:
                     break
                 await response.write(json.dumps(item).encode() + b"\n")
+                if item.get("type") == "BOOKMARK":
+                    self.bookmarks_sent += 1
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
