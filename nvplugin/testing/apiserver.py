@@ -701,6 +701,7 @@ class FakeApiServer:
                 if item.get("type") == "BOOKMARK":
                     self.bookmarks_sent += 1
         except (ConnectionResetError, asyncio.CancelledError):
+            # The watcher hung up or the stand-in is shutting down: the stream simply ends.
             pass
         finally:
             self._watchers.get(name, set()).discard(watcher)
